@@ -1,0 +1,80 @@
+"""mailpipe: every route and trigger. Each is a few lines that call chalicelib."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice import AuthResponse, Chalice
+
+from chalicelib import aggregation, api, wiring
+from chalicelib.auth import bearer_token, verify_token
+from chalicelib.errors import Unauthorized
+from chalicelib.release import ChunkJob
+
+app = Chalice(app_name="mailpipe")
+app.experimental_feature_flags.update(["WEBSOCKETS"])
+
+# Queue names here are placeholders that keep `chalice package` happy; the
+# merged template (infra/resources.yaml) points every event source at the real
+# resource, and the local runtime resolves them from the same file.
+_PLACEHOLDER = "arn:aws:{service}:us-east-1:000000000000:{name}"
+RELEASE_QUEUE = _PLACEHOLDER.format(service="sqs", name="mailpipe-release")
+SEND_QUEUE = _PLACEHOLDER.format(service="sqs", name="mailpipe-send")
+SEND_DLQ = _PLACEHOLDER.format(service="sqs", name="mailpipe-send-dlq")
+RECIPIENTS_STREAM = _PLACEHOLDER.format(service="dynamodb", name="table/mailpipe-recipients/stream/placeholder")
+
+
+@app.authorizer()
+def token_authorizer(auth_request: Any) -> AuthResponse:
+    """Verify the bearer token; API Gateway answers 401 when this raises "Unauthorized"."""
+    try:
+        principal = verify_token(bearer_token(auth_request.token), wiring.settings())
+    except Unauthorized:
+        raise Exception("Unauthorized") from None  # the exact text API Gateway maps to 401
+    return AuthResponse(
+        routes=["*"],
+        principal_id=principal.tenant,
+        context={"tenant": principal.tenant, "scopes": " ".join(sorted(principal.scopes))},
+    )
+
+
+@app.route("/campaigns", methods=["POST"], authorizer=token_authorizer, cors=True)
+def create_campaign() -> Any:
+    return api.create_campaign(app.current_request, wiring.settings())
+
+
+@app.route("/campaigns", methods=["GET"], authorizer=token_authorizer, cors=True)
+def list_campaigns() -> Any:
+    wiring.settings()
+    return api.list_campaigns(app.current_request)
+
+
+@app.route("/campaigns/{campaign_id}", methods=["GET"], authorizer=token_authorizer, cors=True)
+def get_campaign(campaign_id: str) -> Any:
+    return api.get_campaign(app.current_request, campaign_id, wiring.settings())
+
+
+@app.route("/campaigns/{campaign_id}/recipients", methods=["GET"], authorizer=token_authorizer, cors=True)
+def list_recipients(campaign_id: str) -> Any:
+    wiring.settings()
+    return api.list_recipients(app.current_request, campaign_id)
+
+
+@app.on_sqs_message(queue_arn=RELEASE_QUEUE, batch_size=1)
+def release_jobs(event: Any) -> None:
+    """Turn chunk jobs into paced per-recipient send jobs."""
+    releaser = wiring.releaser()
+    for record in event:
+        releaser.release_chunk(ChunkJob.from_json(record.body))
+
+
+@app.on_sqs_message(queue_arn=SEND_QUEUE, batch_size=10, maximum_batching_window_in_seconds=1)
+def send_mail(event: Any) -> dict:
+    """Send one batch of per-recipient jobs; failed records come back on their own."""
+    return wiring.sender().process_batch(event.to_dict(), event.context)
+
+
+@app.on_dynamodb_record(stream_arn=RECIPIENTS_STREAM, batch_size=100, maximum_batching_window_in_seconds=1)
+def aggregate_recipients(event: Any) -> None:
+    """Count recipient transitions into the campaign's stats and status."""
+    aggregation.aggregate_recipient_records(event.to_dict()["Records"], wiring.settings())

@@ -1,0 +1,116 @@
+"""Route bodies: parse the request at the edge, call the domain, map errors to HTTP.
+
+Every answer is JSON. Domain errors become 4xx that name the problem; anything
+unexpected is logged and becomes a bare 500 — never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from chalice import Response
+
+from chalicelib import campaigns
+from chalicelib.auth import READ, WRITE, Principal
+from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, PayloadTooLarge, Unauthorized
+from chalicelib.pagination import parse_limit
+from chalicelib.settings import Settings
+from chalicelib.validation import parse_campaign_request
+
+logger = logging.getLogger(__name__)
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def json_response(status: int, body: Any) -> Response:
+    """A JSON response with the given status."""
+    return Response(body=json.dumps(body, default=str), status_code=status, headers=JSON_HEADERS)
+
+
+def principal_from(request: Any) -> Principal:
+    """The caller, as the authorizer put it in the request context."""
+    context = (request.context or {}).get("authorizer") or {}
+    tenant = context.get("tenant")
+    if not tenant:
+        raise Unauthorized("no authorizer context")
+    return Principal(tenant=tenant, scopes=frozenset(str(context.get("scopes", "")).split()))
+
+
+def respond(request: Any, scope: str, action: Callable[[Principal], tuple[int, Any]]) -> Response:
+    """Run ``action`` for the authorized caller and turn the outcome into a response."""
+    try:
+        principal = principal_from(request)
+        principal.require(scope)
+        status, body = action(principal)
+        return json_response(status, body)
+    except InvalidCampaign as exc:
+        return json_response(400, {"error": "invalid_request", "errors": exc.errors})
+    except PayloadTooLarge as exc:
+        return json_response(413, {"error": "payload_too_large", "message": str(exc)})
+    except Unauthorized:
+        return json_response(401, {"error": "unauthorized"})
+    except Forbidden as exc:
+        return json_response(403, {"error": "forbidden", "message": str(exc)})
+    except NotFound as exc:
+        return json_response(404, {"error": "not_found", "message": str(exc)})
+    except Conflict as exc:
+        return json_response(409, {"error": "conflict", "message": str(exc)})
+    except Exception:  # noqa: BLE001 - the last line of defence: log it, never leak it
+        logger.exception("unhandled error")
+        return json_response(500, {"error": "internal_error"})
+
+
+def json_body(request: Any, settings: Settings) -> Any:
+    """The request's JSON body; too big is 413, unparsable is a 400 naming ``body``."""
+    raw = request.raw_body or b""
+    if len(raw) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"body is {len(raw)} bytes; the limit is {settings.max_body_bytes}")
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCampaign([{"field": "body", "error": f"not valid JSON: {exc}"}]) from exc
+
+
+def query(request: Any, name: str) -> str | None:
+    """One query-string parameter, or None."""
+    return (request.query_params or {}).get(name)
+
+
+def create_campaign(request: Any, settings: Settings) -> Response:
+    """POST /campaigns."""
+
+    def action(p: Principal) -> tuple[int, Any]:
+        parsed = parse_campaign_request(json_body(request, settings), settings.max_recipients)
+        return 202, campaigns.create_campaign(p, parsed, settings)
+
+    return respond(request, WRITE, action)
+
+
+def list_campaigns(request: Any) -> Response:
+    """GET /campaigns."""
+    return respond(
+        request,
+        READ,
+        lambda p: (200, campaigns.list_campaigns(p, parse_limit(query(request, "limit")), query(request, "next"))),
+    )
+
+
+def get_campaign(request: Any, campaign_id: str, settings: Settings) -> Response:
+    """GET /campaigns/{id}."""
+    return respond(request, READ, lambda p: (200, campaigns.describe(campaigns.get_owned(p, campaign_id), settings)))
+
+
+def list_recipients(request: Any, campaign_id: str, statuses: list[str] | None = None) -> Response:
+    """GET /campaigns/{id}/recipients (and /failures, with fixed statuses)."""
+
+    def action(p: Principal) -> tuple[int, Any]:
+        campaign = campaigns.get_owned(p, campaign_id)
+        wanted = statuses
+        if wanted is None and query(request, "status"):
+            wanted = [s.strip() for s in str(query(request, "status")).split(",") if s.strip()]
+        return 200, campaigns.list_recipients(campaign, wanted, parse_limit(query(request, "limit")), query(request, "next"))
+
+    return respond(request, READ, action)

@@ -1,0 +1,173 @@
+"""Campaigns: create, read, list, and the recipient listings the API serves."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from chalicelib import stats
+from chalicelib.auth import Principal
+from chalicelib.errors import InvalidCampaign, NotFound
+from chalicelib.models import (
+    PENDING,
+    QUEUED,
+    RECIPIENT_STATES,
+    SUPPRESSED,
+    Campaign,
+    Recipient,
+)
+from chalicelib.pagination import decode_token, encode_token
+from chalicelib.release import enqueue_release
+from chalicelib.settings import Settings
+from chalicelib.suppressions import suppressed_among
+from chalicelib.timeutil import now_iso
+from chalicelib.validation import CampaignRequest
+
+
+def create_campaign(principal: Principal, request: CampaignRequest, settings: Settings) -> dict[str, Any]:
+    """Store a campaign and its recipients and queue their release; returns at once."""
+    campaign_id = uuid.uuid4().hex
+    created = now_iso()
+    emails = [row.email for row in request.recipients]
+    suppressed = suppressed_among(principal.tenant, emails)
+    campaign = Campaign(
+        campaign_id,
+        tenant=principal.tenant,
+        name=request.name,
+        from_addr=request.from_addr,
+        reply_to=request.reply_to,
+        subject=request.subject,
+        text=request.text,
+        html=request.html,
+        status=QUEUED,
+        total=len(emails),
+        duplicates_dropped=request.duplicates_dropped,
+        created_at=created,
+        updated_at=created,
+    )
+    campaign.save()
+    # The totals row exists before any recipient does, so the aggregator can
+    # always tell when the last recipient became final.
+    stats.init_campaign(campaign_id, principal.tenant, len(emails), settings)
+    with Recipient.batch_write() as batch:
+        for row in request.recipients:
+            status = SUPPRESSED if row.email in suppressed else PENDING
+            batch.save(
+                Recipient(
+                    campaign_id,
+                    row.email,
+                    vars=row.vars or None,
+                    status=status,
+                    attempts=0,
+                    created_at=created,
+                    updated_at=created,
+                    last_reply="address is on the suppression list" if status == SUPPRESSED else None,
+                )
+            )
+    to_send = [e for e in emails if e not in suppressed]
+    enqueue_release(campaign_id, to_send, settings)
+    return {
+        "campaign_id": campaign_id,
+        "status": QUEUED,
+        "queued": len(to_send),
+        "suppressed": len(suppressed),
+        "duplicates_dropped": request.duplicates_dropped,
+        "total": len(emails),
+    }
+
+
+def get_owned(principal: Principal, campaign_id: str) -> Campaign:
+    """The caller's campaign; another tenant's is NotFound, exactly like a missing one."""
+    try:
+        campaign = Campaign.get(campaign_id, consistent_read=True)
+    except Campaign.DoesNotExist as exc:
+        raise NotFound("campaign not found") from exc
+    if campaign.tenant != principal.tenant:
+        raise NotFound("campaign not found")
+    return campaign
+
+
+def describe(campaign: Campaign, settings: Settings) -> dict[str, Any]:
+    """The campaign as the API shows it, with per-state counts."""
+    totals = stats.read_totals(campaign.campaign_id, settings)
+    counts = {state: int(totals.get(state, 0)) for state in RECIPIENT_STATES}
+    return {
+        "campaign_id": campaign.campaign_id,
+        "name": campaign.name,
+        "from": campaign.from_addr,
+        "subject": campaign.subject,
+        "status": campaign.status,
+        "total": int(campaign.total),
+        "duplicates_dropped": int(campaign.duplicates_dropped or 0),
+        "counts": counts,
+        "created_at": campaign.created_at,
+        "updated_at": campaign.updated_at,
+    }
+
+
+def list_campaigns(principal: Principal, limit: int, next_token: str | None) -> dict[str, Any]:
+    """The caller's campaigns, newest first, one page at a time."""
+    page = Campaign.tenant_index.query(
+        principal.tenant,
+        scan_index_forward=False,
+        limit=limit,
+        last_evaluated_key=decode_token(next_token),
+    )
+    items = [
+        {
+            "campaign_id": c.campaign_id,
+            "name": c.name,
+            "status": c.status,
+            "total": int(c.total),
+            "created_at": c.created_at,
+        }
+        for c in page
+    ]
+    return {"campaigns": items, "next": encode_token(page.last_evaluated_key)}
+
+
+def recipient_view(r: Recipient) -> dict[str, Any]:
+    """One recipient as the API shows it."""
+    return {
+        "email": r.email,
+        "status": r.status,
+        "attempts": int(r.attempts or 0),
+        "last_code": int(r.last_code) if r.last_code is not None else None,
+        "last_reply": r.last_reply,
+        "message_id": r.message_id,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "history": [{"at": t.at, "status": t.status, "reply": t.reply} for t in (r.history or [])],
+    }
+
+
+def list_recipients(
+    campaign: Campaign, statuses: list[str] | None, limit: int, next_token: str | None
+) -> dict[str, Any]:
+    """A page of recipients, optionally only those in the given states."""
+    for status in statuses or []:
+        if status not in RECIPIENT_STATES:
+            raise InvalidCampaign([{"field": "status", "error": f"unknown status {status!r}"}])
+    start = decode_token(next_token)
+    if not statuses:
+        page = Recipient.query(campaign.campaign_id, limit=limit, last_evaluated_key=start)
+        items = [recipient_view(r) for r in page]
+        return {"recipients": items, "next": encode_token(page.last_evaluated_key)}
+    # Several states: walk them in order; the token remembers which state we are in.
+    state_index = int((start or {}).pop("_state", 0)) if start else 0
+    items: list[dict[str, Any]] = []
+    while state_index < len(statuses) and len(items) < limit:
+        page = Recipient.status_index.query(
+            campaign.campaign_id,
+            Recipient.status == statuses[state_index],
+            limit=limit - len(items),
+            last_evaluated_key=start or None,
+        )
+        items.extend(recipient_view(r) for r in page)
+        if page.last_evaluated_key:
+            token = dict(page.last_evaluated_key, _state=state_index)
+            return {"recipients": items, "next": encode_token(token)}
+        state_index += 1
+        start = None
+    next_key = {"_state": state_index} if state_index < len(statuses) else None
+    return {"recipients": items, "next": encode_token(next_key)}

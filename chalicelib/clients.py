@@ -1,0 +1,76 @@
+"""Builds AWS clients from settings, lazily and once per warm container.
+
+Every boto3 client the Lambda code uses comes from here, so the endpoint
+(real AWS, LocalStack, or moto) is decided in one place, and a benchmark can
+count requests by hooking the clients' botocore events.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from chalicelib.models import ALL_MODELS, bind_models
+from chalicelib.settings import Settings, get_settings
+
+_lock = threading.Lock()
+_clients: dict[tuple[str, Settings, str | None], Any] = {}
+_bound_for: Settings | None = None
+
+
+def _client(service: str, settings: Settings, endpoint_url: str | None) -> Any:
+    key = (service, settings, endpoint_url)
+    client = _clients.get(key)
+    if client is None:
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32)
+                session = boto3.session.Session(region_name=settings.region)
+                client = session.client(service, endpoint_url=endpoint_url, config=config)
+                _clients[key] = client
+    return client
+
+
+def aws_client(service: str, settings: Settings | None = None) -> Any:
+    """A cached boto3 client for ``service`` at the configured endpoint."""
+    settings = settings or get_settings()
+    return _client(service, settings, settings.endpoint)
+
+
+def management_client(settings: Settings | None = None) -> Any:
+    """The API Gateway Management API client that pushes to WebSocket connections."""
+    settings = settings or get_settings()
+    return _client("apigatewaymanagementapi", settings, settings.websocket_management_url or None)
+
+
+def ensure_models(settings: Settings | None = None) -> None:
+    """Bind the pynamodb models to these settings (once per settings object)."""
+    global _bound_for
+    settings = settings or get_settings()
+    if _bound_for is settings:
+        return
+    with _lock:
+        if _bound_for is not settings:
+            bind_models(settings)
+            _bound_for = settings
+
+
+def botocore_clients() -> list[Any]:
+    """Every botocore client built so far: boto3 clients and the models' connections."""
+    found = list(_clients.values())
+    for model in ALL_MODELS:
+        if model._connection is not None:
+            found.append(model._connection.connection.client)
+    return found
+
+
+def reset_clients() -> None:
+    """Forget every cached client and model binding (tests that switch endpoints)."""
+    global _bound_for
+    with _lock:
+        _clients.clear()
+        _bound_for = None

@@ -1,0 +1,199 @@
+"""pynamodb models for the pipeline's tables.
+
+Table names, region and endpoint are bound from settings at runtime
+(``bind_models``), never at import, so ``chalice package`` can import the app
+with no environment and tests can point the models at any emulator.
+"""
+
+from __future__ import annotations
+
+from pynamodb.attributes import (
+    JSONAttribute,
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, LocalSecondaryIndex
+from pynamodb.models import Model
+
+from chalicelib.settings import Settings
+
+# Recipient states (DESIGN.md "Recipient state machine").
+PENDING = "pending"
+SENDING = "sending"
+SENT = "sent"
+DELIVERED = "delivered"
+DEFERRED = "deferred"
+BOUNCED = "bounced"
+FAILED = "failed"
+SUPPRESSED = "suppressed"
+
+RECIPIENT_STATES = (PENDING, SENDING, SENT, DELIVERED, DEFERRED, BOUNCED, FAILED, SUPPRESSED)
+# States a recipient can still leave on its own; a campaign is done when none remain.
+OPEN_STATES = frozenset({PENDING, SENDING, DEFERRED})
+FINAL_STATES = frozenset(RECIPIENT_STATES) - OPEN_STATES
+FAILURE_STATES = frozenset({BOUNCED, FAILED, SUPPRESSED})
+
+# Campaign states.
+QUEUED = "queued"
+CAMPAIGN_SENDING = "sending"
+PAUSED = "paused"
+COMPLETED = "completed"
+COMPLETED_WITH_FAILURES = "completed_with_failures"
+
+
+class TenantCreatedIndex(GlobalSecondaryIndex["Campaign"]):
+    """Campaigns of one tenant, newest first."""
+
+    class Meta:
+        index_name = "tenant-created_at-index"
+        projection = AllProjection()
+
+    tenant = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute(range_key=True)
+
+
+class Campaign(Model):
+    """One campaign: its templates, owner and overall status."""
+
+    class Meta:
+        table_name = "campaigns"
+
+    campaign_id = UnicodeAttribute(hash_key=True)
+    tenant = UnicodeAttribute()
+    name = UnicodeAttribute()
+    from_addr = UnicodeAttribute()
+    reply_to = UnicodeAttribute(null=True)
+    subject = UnicodeAttribute()
+    text = UnicodeAttribute(null=True)
+    html = UnicodeAttribute(null=True)
+    status = UnicodeAttribute(default=QUEUED)
+    total = NumberAttribute(default=0)
+    duplicates_dropped = NumberAttribute(default=0)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute(null=True)
+    tenant_index = TenantCreatedIndex()
+
+
+class Transition(MapAttribute):
+    """One entry of a recipient's audit trail."""
+
+    at = UnicodeAttribute()
+    status = UnicodeAttribute(attr_name="s")
+    reply = UnicodeAttribute(null=True, attr_name="r")
+
+
+class RecipientStatusIndex(LocalSecondaryIndex["Recipient"]):
+    """Recipients of one campaign by status (for /recipients?status= and /failures)."""
+
+    class Meta:
+        index_name = "status-index"
+        projection = AllProjection()
+
+    campaign_id = UnicodeAttribute(hash_key=True)
+    status = UnicodeAttribute(range_key=True)
+
+
+class Recipient(Model):
+    """One recipient of one campaign and where its mail is in the state machine."""
+
+    class Meta:
+        table_name = "recipients"
+
+    campaign_id = UnicodeAttribute(hash_key=True)
+    email = UnicodeAttribute(range_key=True)
+    vars = JSONAttribute(null=True)
+    status = UnicodeAttribute(default=PENDING)
+    attempts = NumberAttribute(default=0)
+    claim_token = UnicodeAttribute(null=True)
+    lease_until = NumberAttribute(null=True)
+    retry_at = NumberAttribute(null=True)
+    last_code = NumberAttribute(null=True)
+    last_reply = UnicodeAttribute(null=True)
+    message_id = UnicodeAttribute(null=True)
+    created_at = UnicodeAttribute(null=True)
+    updated_at = UnicodeAttribute(null=True)
+    history = ListAttribute(of=Transition, null=True)
+    status_index = RecipientStatusIndex()
+
+
+class Stats(Model):
+    """Aggregated counters: bucket ``total`` per campaign, ``m#<minute>`` per minute."""
+
+    class Meta:
+        table_name = "stats"
+
+    campaign_id = UnicodeAttribute(hash_key=True)
+    bucket = UnicodeAttribute(range_key=True)
+
+
+class Event(Model):
+    """Append-only engagement log (opened, clicked, replied, unsubscribed, complained, report)."""
+
+    class Meta:
+        table_name = "events"
+
+    campaign_id = UnicodeAttribute(hash_key=True)
+    event_id = UnicodeAttribute(range_key=True)
+    type = UnicodeAttribute()
+    email = UnicodeAttribute(null=True)
+    at = UnicodeAttribute()
+    detail = JSONAttribute(null=True)
+
+
+class CampaignSubscribers(GlobalSecondaryIndex["Connection"]):
+    """Connections subscribed to one campaign."""
+
+    class Meta:
+        index_name = "campaign-index"
+        projection = AllProjection()
+
+    campaign_id = UnicodeAttribute(hash_key=True)
+
+
+class Connection(Model):
+    """A WebSocket connection (sk ``meta``) and its subscriptions (sk ``sub#<campaign>``)."""
+
+    class Meta:
+        table_name = "connections"
+
+    connection_id = UnicodeAttribute(hash_key=True)
+    sk = UnicodeAttribute(range_key=True)
+    tenant = UnicodeAttribute()
+    campaign_id = UnicodeAttribute(null=True)
+    expires_at = NumberAttribute(null=True)
+    campaign_index = CampaignSubscribers()
+
+
+class Suppression(Model):
+    """An address a tenant must never mail again, and why."""
+
+    class Meta:
+        table_name = "suppressions"
+
+    tenant = UnicodeAttribute(hash_key=True)
+    email = UnicodeAttribute(range_key=True)
+    reason = UnicodeAttribute()
+    since = UnicodeAttribute()
+    campaign_id = UnicodeAttribute(null=True)
+
+
+ALL_MODELS: tuple[type[Model], ...] = (Campaign, Recipient, Stats, Event, Connection, Suppression)
+_LOGICAL_NAMES = {
+    Campaign: "campaigns",
+    Recipient: "recipients",
+    Stats: "stats",
+    Event: "events",
+    Connection: "connections",
+    Suppression: "suppressions",
+}
+
+def bind_models(settings: Settings) -> None:
+    """Point every model at the tables, region and endpoint named in settings."""
+    for model, short in _LOGICAL_NAMES.items():
+        model.Meta.table_name = settings.table_name(short)
+        model.Meta.region = settings.region
+        model.Meta.host = settings.endpoint
+        model.Meta.max_pool_connections = 32
+        model._connection = None  # rebuilt lazily with the new settings

@@ -1,0 +1,224 @@
+"""The sender: one SQS job per recipient becomes at most one accepted mail.
+
+Per record: claim the recipient (conditional write with a lease), render,
+submit over a pooled SMTP connection, record the outcome while still holding the
+claim. Records of a batch are sent concurrently; failures are reported per
+record through Powertools' batch processor, so only they come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from jinja2 import TemplateError
+
+from chalicelib import recipients as store
+from chalicelib.errors import PermanentDeliveryError, TemporaryDeliveryError
+from chalicelib.models import (
+    BOUNCED,
+    DEFERRED,
+    FAILED,
+    FINAL_STATES,
+    PAUSED,
+    SENDING,
+    SENT,
+    SUPPRESSED,
+    Campaign,
+)
+from chalicelib.queues import Queue
+from chalicelib.recipients import ClaimToken
+from chalicelib.rendering import CampaignTemplates, build_message, message_id
+from chalicelib.settings import Settings
+from chalicelib.smtp import Envelope, Mailer
+from chalicelib.suppressions import suppress, suppressed_among
+
+logger = logging.getLogger(__name__)
+
+
+class RetryLater(Exception):
+    """This record must come back later; its visibility was already set."""
+
+
+@dataclass(frozen=True)
+class CampaignView:
+    """What the sender needs of a campaign, cached briefly per container."""
+
+    templates: CampaignTemplates
+    tenant: str
+    status: str
+
+
+class CampaignCache:
+    """Campaign items for a few seconds, so a batch costs no campaign read.
+
+    The TTL bounds how long a pause takes to reach warm senders.
+    """
+
+    def __init__(self, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._items: dict[str, tuple[float, CampaignView | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, campaign_id: str) -> CampaignView | None:
+        """The campaign, or None if it does not exist."""
+        now = self.clock()
+        cached = self._items.get(campaign_id)
+        if cached and now - cached[0] < self.ttl_s:
+            return cached[1]
+        try:
+            c = Campaign.get(campaign_id)
+            view: CampaignView | None = CampaignView(
+                templates=CampaignTemplates(
+                    campaign_id=c.campaign_id,
+                    from_addr=c.from_addr,
+                    subject=c.subject,
+                    text=c.text,
+                    html=c.html,
+                    reply_to=c.reply_to,
+                ),
+                tenant=c.tenant,
+                status=c.status,
+            )
+        except Campaign.DoesNotExist:
+            view = None
+        with self._lock:
+            if len(self._items) > 1000:
+                self._items.clear()
+            self._items[campaign_id] = (now, view)
+        return view
+
+
+def backoff_seconds(attempt: int, base_s: float, cap_s: float, hint_s: float | None, rng: random.Random) -> int:
+    """Exponential backoff with jitter; a server's own "retry in N" hint wins when given."""
+    if hint_s is not None and hint_s > 0:
+        return int(min(cap_s, hint_s)) or 1
+    ceiling = min(cap_s, base_s * 2 ** max(0, attempt - 1))
+    return max(1, int(rng.uniform(ceiling / 2, ceiling)))
+
+
+class Sender:
+    """Sends the jobs of one SQS batch."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        mailer: Mailer,
+        send_queue: Queue,
+        campaigns: CampaignCache | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.mailer = mailer
+        self.send_queue = send_queue
+        self.campaigns = campaigns or CampaignCache()
+        self.clock = clock
+        self.rng = rng or random.Random()
+
+    def process_batch(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        """Handle one SQS event; returns ``batchItemFailures`` for the records to retry."""
+        records = event.get("Records", [])
+        jobs = [self._parse(r) for r in records]
+        campaign_ids = {j[0] for j in jobs if j}
+        tenants = {cid: view.tenant for cid in campaign_ids if (view := self.campaigns.get(cid))}
+        # One BatchGetItem per batch: an address unsubscribed mid-campaign is never mailed.
+        suppressed: set[tuple[str, str]] = set()
+        for cid, tenant in tenants.items():
+            emails = [j[1] for j in jobs if j and j[0] == cid]
+            suppressed.update((cid, e) for e in suppressed_among(tenant, emails))
+        processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+        async def handle(record: SQSRecord) -> None:
+            await self.send_one(record, suppressed)
+
+        return async_process_partial_response(event=event, record_handler=handle, processor=processor, context=context)
+
+    @staticmethod
+    def _parse(record: dict[str, Any]) -> tuple[str, str] | None:
+        try:
+            body = json.loads(record["body"])
+            return str(body["c"]), str(body["e"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    async def send_one(self, record: SQSRecord, suppressed: set[tuple[str, str]] | frozenset = frozenset()) -> None:
+        """Claim, send and record one recipient; raise to have the record retried."""
+        job = self._parse(record.raw_event)
+        if job is None:
+            logger.error("dropping malformed send job %s", record.message_id)
+            return
+        campaign_id, email = job
+        campaign = self.campaigns.get(campaign_id)
+        if campaign is None:
+            return  # the campaign is gone: nothing to send
+        if campaign.status == PAUSED:
+            # Acknowledge without claiming: the recipient stays open and
+            # resume re-releases every open recipient. Nothing is lost.
+            return
+        token = ClaimToken(record.message_id, int(record.attributes.approximate_receive_count or 1))
+        now = self.clock()
+        claimed = store.claim(campaign_id, email, token, now, self.settings.claim_lease_s)
+        if claimed is None:
+            self._unclaimable(record, campaign_id, email, token, now)
+            return
+        mid = message_id(campaign_id, email, self.settings.message_id_domain)
+        if (campaign_id, email) in suppressed:
+            store.record_outcome(campaign_id, email, token, SUPPRESSED, "address is on the suppression list", now=now)
+            return
+        try:
+            message = build_message(campaign.templates, email, claimed.vars, self.settings.message_id_domain)
+        except TemplateError as exc:
+            store.record_outcome(campaign_id, email, token, FAILED, f"template error: {exc}", message_id=mid)
+            return
+        envelope = Envelope(
+            sender=self.settings.bounce_address,
+            recipient=email,
+            message=message.as_bytes(),
+            envelope_id=campaign_id,
+        )
+        try:
+            reply = await asyncio.wrap_future(self.mailer.submit(envelope))
+        except PermanentDeliveryError as exc:
+            store.record_outcome(campaign_id, email, token, BOUNCED, str(exc), code=exc.code, message_id=mid)
+            suppress(campaign.tenant, email, f"bounced: {exc}", campaign_id)
+            return
+        except TemporaryDeliveryError as exc:
+            attempt = int(claimed.attempts or 1)
+            delay = backoff_seconds(
+                attempt, self.settings.retry_base_s, self.settings.retry_cap_s, exc.retry_after_s, self.rng
+            )
+            store.record_outcome(
+                campaign_id, email, token, DEFERRED, str(exc), code=exc.code, message_id=mid, retry_at=self.clock() + delay
+            )
+            self.send_queue.change_visibility(record.receipt_handle, delay)
+            raise RetryLater(f"{email}: deferred {delay}s after attempt {attempt}: {exc}") from exc
+        if not store.record_outcome(campaign_id, email, token, SENT, reply, code=250, message_id=mid):
+            logger.warning("claim on %s/%s lost before recording sent", campaign_id, email)
+
+    def _unclaimable(self, record: SQSRecord, campaign_id: str, email: str, token: ClaimToken, now: float) -> None:
+        """Decide what a job whose recipient could not be claimed means."""
+        current = store.current(campaign_id, email)
+        if current is None or current.status in FINAL_STATES:
+            return  # already done (a duplicate or redelivered job): acknowledge
+        if current.status == SENDING:
+            if ClaimToken.message_of(current.claim_token) != token.message_id:
+                # Another copy of this job holds a live claim; if its worker dies,
+                # that copy comes back after the lease and finishes the work.
+                return
+            wait = (current.lease_until or now) - now
+        else:
+            wait = (current.retry_at or now) - now  # deferred, not yet due
+        delay = max(1, int(wait) + 1)
+        self.send_queue.change_visibility(record.receipt_handle, delay)
+        raise RetryLater(f"{email}: not claimable for {delay}s more")

@@ -1,0 +1,144 @@
+"""Settings: the one place that reads ``os.environ``.
+
+Every value tolerates being empty, because ``chalice package`` imports the app
+without any of the deployed environment. Lambda code never knows whether it runs
+on AWS or locally: endpoints and names come from here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name} must be a number, got {raw!r}") from exc
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    return raw in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the Lambda functions need to know about their environment."""
+
+    stage: str = "dev"
+    region: str = "us-east-1"
+    # Empty means "the AWS default for the region" (real AWS, or moto's in-process mock).
+    aws_endpoint_url: str = ""
+    table_prefix: str = "mailpipe-dev"
+    send_queue_url: str = ""
+    release_queue_url: str = ""
+    dead_letter_queue_url: str = ""
+    failed_jobs_queue_url: str = ""
+    alerts_topic_arn: str = ""
+
+    # Auth: HS256 with a shared secret (local/dev) or RS256 against a JWKS URL (Cognito).
+    jwt_algorithm: str = "HS256"
+    jwt_secret: str = ""
+    jwt_jwks_url: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+
+    # Mailu submission port.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_tls: str = "starttls"  # starttls | tls | none
+    smtp_verify_tls: bool = True
+    smtp_timeout_s: float = 30.0
+    smtp_connections: int = 4  # connections kept per warm sender container
+    bounce_address: str = "bounces@mailpipe.local"
+    message_id_domain: str = "mailpipe.local"
+
+    # Pacing (release stage). Shared by all release workers through DynamoDB.
+    send_rate_per_s: float = 50.0
+    send_queue_max_depth: int = 1000
+    release_chunk_size: int = 500
+    release_max_seconds: float = 20.0
+
+    # Retry policy.
+    claim_lease_s: int = 120
+    retry_base_s: float = 60.0
+    retry_cap_s: float = 3600.0
+    max_receive_count: int = 8
+
+    # Request limits.
+    max_recipients: int = 50_000
+    max_body_bytes: int = 5_000_000
+
+    # Delivery reports mailbox: imaps://user:pass@host:993/INBOX or maildir:/path.
+    report_mailbox_url: str = ""
+
+    # Live updates: API Gateway @connections endpoint (https://{api}.execute-api.{region}.amazonaws.com/{stage}).
+    websocket_management_url: str = ""
+    websocket_url: str = ""
+    connection_ttl_s: int = 7200
+
+    # Alerts.
+    bounce_rate_alert: float = 0.05
+    bounce_alert_min_sends: int = 100
+    failure_rate_alert: float = 0.10
+
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def table_name(self, short: str) -> str:
+        """Physical table name for a logical table (``campaigns`` → ``mailpipe-dev-campaigns``)."""
+        return f"{self.table_prefix}-{short}"
+
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint for boto3/pynamodb, or None for the region's default."""
+        return self.aws_endpoint_url or None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (see README "Settings")."""
+        env = os.environ if env is None else env
+        defaults = cls()
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            name = f.name.upper()
+            default = getattr(defaults, f.name)
+            if isinstance(default, bool):
+                values[f.name] = _bool(env, name, default)
+            elif isinstance(default, int):
+                values[f.name] = _int(env, name, default)
+            elif isinstance(default, float):
+                values[f.name] = _float(env, name, default)
+            else:
+                values[f.name] = env.get(name, "") or default
+        values["region"] = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or defaults.region
+        values["aws_endpoint_url"] = env.get("AWS_ENDPOINT_URL", "")
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings for this process, read once (Lambda containers keep them warm)."""
+    return Settings.from_env()

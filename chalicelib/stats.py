@@ -1,0 +1,238 @@
+"""The stats table: per-campaign counters and per-minute series.
+
+Counters are kept with the low-level client because their attribute names are
+dynamic (one per state, one per minute and state). Every batch from a stream is
+applied in one transaction, conditional on the last sequence number applied for
+that campaign, so a retried or duplicated batch changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.clients import aws_client
+from chalicelib.models import (
+    BOUNCED,
+    CAMPAIGN_SENDING,
+    COMPLETED,
+    COMPLETED_WITH_FAILURES,
+    FAILED,
+    OPEN_STATES,
+    PAUSED,
+    PENDING,
+    QUEUED,
+    RECIPIENT_STATES,
+)
+from chalicelib.settings import Settings
+from chalicelib.timeutil import minute_bucket, now_iso
+
+TOTAL = "total"
+SERIES_STATES = ("sent", "delivered", "deferred", "bounced", "failed")
+# DynamoDB stream sequence numbers are decimal strings of varying length;
+# zero-padding makes string order equal numeric order.
+SEQ_WIDTH = 48
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One recipient status change read from the recipients stream."""
+
+    campaign_id: str
+    sequence: str
+    old: str | None
+    new: str | None
+    at: float
+
+
+def padded(sequence: str) -> str:
+    """A sequence number in a form that compares correctly as a string."""
+    return sequence.zfill(SEQ_WIDTH)
+
+
+def _table(settings: Settings) -> str:
+    return settings.table_name("stats")
+
+
+def init_campaign(campaign_id: str, tenant: str, total: int, settings: Settings) -> None:
+    """Create the campaign's totals row before any recipient exists."""
+    aws_client("dynamodb", settings).put_item(
+        TableName=_table(settings),
+        Item={
+            "campaign_id": {"S": campaign_id},
+            "bucket": {"S": TOTAL},
+            "tenant": {"S": tenant},
+            "total": {"N": str(total)},
+            "status": {"S": QUEUED},
+        },
+    )
+
+
+def _plain(item: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in item.items():
+        if "N" in value:
+            out[key] = int(value["N"])
+        elif "S" in value:
+            out[key] = value["S"]
+    return out
+
+
+def read_totals(campaign_id: str, settings: Settings) -> dict[str, Any]:
+    """The totals row as plain values (counters default to absent)."""
+    item = aws_client("dynamodb", settings).get_item(
+        TableName=_table(settings),
+        Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
+        ConsistentRead=True,
+    ).get("Item")
+    return _plain(item or {})
+
+
+def read_series(campaign_id: str, settings: Settings, limit: int = 180) -> list[dict[str, Any]]:
+    """The most recent per-minute buckets, oldest first."""
+    result = aws_client("dynamodb", settings).query(
+        TableName=_table(settings),
+        KeyConditionExpression="campaign_id = :c AND begins_with(#b, :m)",
+        ExpressionAttributeNames={"#b": "bucket"},
+        ExpressionAttributeValues={":c": {"S": campaign_id}, ":m": {"S": "m#"}},
+        ScanIndexForward=False,
+        Limit=limit,
+    )
+    rows = []
+    for item in reversed(result.get("Items", [])):
+        plain = _plain(item)
+        rows.append({"minute": plain["bucket"][2:], **{s: plain.get(s, 0) for s in SERIES_STATES}})
+    return rows
+
+
+def derive_status(counts: dict[str, int], total: int, current: str) -> str:
+    """The campaign status its counters imply.
+
+    Done only when every recipient is final; ``completed_with_failures`` when any
+    bounced or failed. A paused campaign stays paused until it is done or resumed.
+    """
+    open_count = sum(counts.get(s, 0) for s in OPEN_STATES)
+    accounted = sum(counts.get(s, 0) for s in RECIPIENT_STATES)
+    if accounted >= total and open_count == 0:
+        failed = counts.get(BOUNCED, 0) + counts.get(FAILED, 0)
+        return COMPLETED_WITH_FAILURES if failed else COMPLETED
+    if current == PAUSED:
+        return PAUSED
+    if accounted - counts.get(PENDING, 0) > 0 or current in (COMPLETED, COMPLETED_WITH_FAILURES):
+        return CAMPAIGN_SENDING
+    return current if current in (QUEUED, CAMPAIGN_SENDING) else QUEUED
+
+
+@dataclass
+class Applied:
+    """What applying one campaign's share of a batch did."""
+
+    campaign_id: str
+    counts: dict[str, int]
+    total: int
+    status: str
+    previous_status: str
+    minute: str | None
+    minute_counts: dict[str, int]
+    tenant: str
+
+
+def apply_transitions(transitions: Iterable[Transition], settings: Settings) -> list[Applied]:
+    """Apply a stream batch's transitions, once, per campaign."""
+    by_campaign: dict[str, list[Transition]] = defaultdict(list)
+    for t in transitions:
+        by_campaign[t.campaign_id].append(t)
+    applied = []
+    for campaign_id, items in by_campaign.items():
+        result = _apply_campaign(campaign_id, items, settings)
+        if result is not None:
+            applied.append(result)
+    return applied
+
+
+def _apply_campaign(campaign_id: str, items: list[Transition], settings: Settings) -> Applied | None:
+    client = aws_client("dynamodb", settings)
+    table = _table(settings)
+    key = {"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}}
+    for _ in range(20):
+        current = read_totals(campaign_id, settings)
+        if not current:
+            return None  # a campaign we never created (or deleted): nothing to count
+        last = current.get("seq_recipients", "")
+        fresh = [t for t in items if padded(t.sequence) > last]
+        if not fresh:
+            return None  # the whole batch was applied before: a retry
+        deltas: Counter[str] = Counter()
+        minutes: dict[str, Counter[str]] = defaultdict(Counter)
+        for t in fresh:
+            if t.old == t.new:
+                continue  # an update that did not move the status
+            if t.old:
+                deltas[t.old] -= 1
+            if t.new:
+                deltas[t.new] += 1
+                if t.new in SERIES_STATES:
+                    minutes[minute_bucket(t.at)][t.new] += 1
+        counts = {s: int(current.get(s, 0)) + deltas.get(s, 0) for s in RECIPIENT_STATES}
+        total = int(current.get("total", 0))
+        previous_status = str(current.get("status", QUEUED))
+        status = derive_status(counts, total, previous_status)
+        newest = max(padded(t.sequence) for t in fresh)
+        names = {"#seq": "seq_recipients", "#st": "status", "#u": "updated_at"}
+        values: dict[str, Any] = {":seq": {"S": newest}, ":st": {"S": status}, ":u": {"S": now_iso()}}
+        adds = []
+        for i, (state, delta) in enumerate(sorted(deltas.items())):
+            if delta:
+                names[f"#c{i}"] = state
+                values[f":c{i}"] = {"N": str(delta)}
+                adds.append(f"#c{i} :c{i}")
+        expression = "SET #seq = :seq, #st = :st, #u = :u" + (" ADD " + ", ".join(adds) if adds else "")
+        if last:
+            condition = "#seq = :last"
+            values[":last"] = {"S": last}
+        else:
+            condition = "attribute_not_exists(#seq)"
+        ops: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": key,
+                    "UpdateExpression": expression,
+                    "ConditionExpression": condition,
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
+            }
+        ]
+        for minute, counter in sorted(minutes.items())[-90:]:
+            m_names = {f"#m{j}": s for j, s in enumerate(counter)}
+            m_values = {f":m{j}": {"N": str(n)} for j, n in enumerate(counter.values())}
+            ops.append(
+                {
+                    "Update": {
+                        "TableName": table,
+                        "Key": {"campaign_id": {"S": campaign_id}, "bucket": {"S": f"m#{minute}"}},
+                        "UpdateExpression": "ADD " + ", ".join(f"#m{j} :m{j}" for j in range(len(counter))),
+                        "ExpressionAttributeNames": m_names,
+                        "ExpressionAttributeValues": m_values,
+                    }
+                }
+            )
+        try:
+            client.transact_write_items(TransactItems=ops)
+        except client.exceptions.TransactionCanceledException:
+            continue  # another aggregator moved the sequence first: re-read and filter again
+        latest_minute = max(minutes) if minutes else None
+        return Applied(
+            campaign_id=campaign_id,
+            counts=counts,
+            total=total,
+            status=status,
+            previous_status=previous_status,
+            minute=latest_minute,
+            minute_counts=dict(minutes[latest_minute]) if latest_minute else {},
+            tenant=str(current.get("tenant", "")),
+        )
+    raise RuntimeError(f"could not apply stream batch for campaign {campaign_id}: too much contention")

@@ -1,0 +1,193 @@
+"""Parses and validates a create-campaign request at the edge.
+
+Every problem is collected, not just the first: the 400 names each bad field
+and each bad recipient row, so a client can fix its list in one go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+from jinja2 import TemplateError
+
+from chalicelib.errors import InvalidCampaign, PayloadTooLarge
+from chalicelib.rendering import compile_errors, recipient_context, render_field
+
+MAX_NAME = 200
+MAX_SUBJECT = 998  # RFC 5322 line limit
+MAX_ROW_ERRORS = 200  # enough to fix a list; more would only bloat the answer
+
+
+@dataclass(frozen=True)
+class RecipientRow:
+    """One valid recipient: normalized address and template variables."""
+
+    email: str
+    vars: dict[str, Any] = field(default_factory=dict)
+    row: int = 0  # position in the request, for error messages
+
+
+@dataclass(frozen=True)
+class CampaignRequest:
+    """A validated create-campaign request."""
+
+    name: str
+    from_addr: str
+    subject: str
+    text: str | None
+    html: str | None
+    reply_to: str | None
+    recipients: tuple[RecipientRow, ...]
+    duplicates_dropped: int
+
+
+def normalize_address(raw: str) -> str:
+    """Syntax-check one address and return it normalized (lowercased) for keys and matching."""
+    result = validate_email(raw, check_deliverability=False, allow_smtputf8=False)
+    return result.normalized.lower()
+
+
+def _header_value(body: dict, name: str, errors: list[dict], required: bool) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            errors.append({"field": name, "error": "required"})
+        return None
+    if not isinstance(value, str):
+        errors.append({"field": name, "error": "must be a string"})
+        return None
+    if "\r" in value or "\n" in value:
+        errors.append({"field": name, "error": "must not contain CR or LF"})
+        return None
+    return value
+
+
+def _mailbox(body: dict, name: str, errors: list[dict], required: bool) -> str | None:
+    value = _header_value(body, name, errors, required)
+    if value is None:
+        return None
+    display, addr = parseaddr(value)
+    try:
+        normalize_address(addr)
+    except EmailNotValidError as exc:
+        errors.append({"field": name, "error": f"invalid address: {exc}"})
+        return None
+    return value
+
+
+def parse_campaign_request(body: Any, max_recipients: int) -> CampaignRequest:
+    """Validate a POST /campaigns body; raise InvalidCampaign listing every problem."""
+    if not isinstance(body, dict):
+        raise InvalidCampaign([{"field": "body", "error": "must be a JSON object"}])
+    errors: list[dict] = []
+
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        errors.append({"field": "name", "error": "required"})
+    elif len(name) > MAX_NAME:
+        errors.append({"field": "name", "error": f"at most {MAX_NAME} characters"})
+    from_addr = _mailbox(body, "from", errors, required=True)
+    reply_to = _mailbox(body, "reply_to", errors, required=False)
+    subject = _header_value(body, "subject", errors, required=True)
+    if subject is not None and len(subject) > MAX_SUBJECT:
+        errors.append({"field": "subject", "error": f"at most {MAX_SUBJECT} characters"})
+
+    bodies: dict[str, str | None] = {}
+    for part in ("text", "html"):
+        value = body.get(part)
+        if value is not None and not isinstance(value, str):
+            errors.append({"field": part, "error": "must be a string"})
+            value = None
+        bodies[part] = value or None
+    if not bodies["text"] and not bodies["html"]:
+        errors.append({"field": "text", "error": "text or html is required and must not be empty"})
+
+    template_errors, names = compile_errors({"subject": subject, **bodies})
+    errors.extend(template_errors)
+
+    rows, duplicates = _parse_recipients(body.get("recipients"), max_recipients, errors)
+    if not template_errors:
+        _check_variables(rows, names, {"subject": subject, **bodies}, errors)
+    if errors:
+        raise InvalidCampaign(errors[: MAX_ROW_ERRORS + 20])
+    return CampaignRequest(
+        name=name.strip(),  # type: ignore[union-attr]
+        from_addr=from_addr,  # type: ignore[arg-type]
+        subject=subject,  # type: ignore[arg-type]
+        text=bodies["text"],
+        html=bodies["html"],
+        reply_to=reply_to,
+        recipients=tuple(rows),
+        duplicates_dropped=duplicates,
+    )
+
+
+def _parse_recipients(raw: Any, max_recipients: int, errors: list[dict]) -> tuple[list[RecipientRow], int]:
+    if not isinstance(raw, list) or not raw:
+        errors.append({"field": "recipients", "error": "must be a non-empty list"})
+        return [], 0
+    if len(raw) > max_recipients:
+        raise PayloadTooLarge(f"at most {max_recipients} recipients per campaign, got {len(raw)}")
+    seen: set[str] = set()
+    rows: list[RecipientRow] = []
+    duplicates = 0
+    row_errors = 0
+    for index, item in enumerate(raw):
+        problem = None
+        email = item.get("email") if isinstance(item, dict) else item if isinstance(item, str) else None
+        variables = item.get("vars", {}) if isinstance(item, dict) else {}
+        if not isinstance(email, str) or not email:
+            problem = "email is required"
+        elif not isinstance(variables, dict):
+            problem = "vars must be an object"
+        else:
+            try:
+                email = normalize_address(email)
+            except EmailNotValidError as exc:
+                problem = f"invalid address: {exc}"
+        if problem:
+            row_errors += 1
+            if row_errors <= MAX_ROW_ERRORS:
+                errors.append({"row": index, "email": email if isinstance(email, str) else None, "error": problem})
+            continue
+        if email in seen:
+            duplicates += 1
+            continue
+        seen.add(email)
+        rows.append(RecipientRow(email=email, vars=variables, row=index))
+    if row_errors > MAX_ROW_ERRORS:
+        errors.append({"field": "recipients", "error": f"{row_errors} bad rows in all; the first {MAX_ROW_ERRORS} are listed"})
+    return rows, duplicates
+
+
+def _check_variables(
+    rows: list[RecipientRow], names: dict[str, set[str]], sources: dict[str, str | None], errors: list[dict]
+) -> None:
+    """Refuse recipients that lack a variable a template needs.
+
+    The referenced names come from the template's AST; only a recipient missing
+    one of them is rendered for real, so ``{% if x is defined %}`` guards work
+    and the common case costs a set difference per row.
+    """
+    needed = set().union(*names.values()) if names else set()
+    needed.discard("email")
+    if not needed:
+        return
+    reported = 0
+    for row in rows:
+        if needed.issubset(row.vars):
+            continue
+        context = recipient_context(row.email, row.vars)
+        for field_name, source in sources.items():
+            if source is None:
+                continue
+            try:
+                render_field(source, context, html=field_name == "html")
+            except TemplateError as exc:
+                reported += 1
+                if reported <= MAX_ROW_ERRORS:
+                    errors.append({"row": row.row, "email": row.email, "error": f"{field_name}: {exc}"})
+                break

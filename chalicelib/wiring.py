@@ -1,0 +1,74 @@
+"""Builds the services the handlers call, once per warm container.
+
+This is the one door through which tests hand in fakes (``override``): the
+handlers in app.py only ever ask here.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from chalicelib.clients import aws_client, ensure_models
+from chalicelib.queues import Queue
+from chalicelib.release import Releaser, build_releaser
+from chalicelib.sending import Sender
+from chalicelib.settings import Settings, get_settings
+from chalicelib.smtp import Mailer, SmtpPool
+
+_lock = threading.Lock()
+_services: dict[str, Any] = {}
+_overrides: dict[str, Any] = {}
+
+
+def settings() -> Settings:
+    """Settings, with models bound to them."""
+    current = _overrides.get("settings") or get_settings()
+    ensure_models(current)
+    return current
+
+
+def _cached(name: str, build: Any) -> Any:
+    if name in _overrides:
+        return _overrides[name]
+    service = _services.get(name)
+    if service is None:
+        with _lock:
+            service = _services.get(name)
+            if service is None:
+                service = build()
+                _services[name] = service
+    return service
+
+
+def mailer() -> Mailer:
+    """The SMTP connection pool of this container."""
+    return _cached("mailer", lambda: SmtpPool(settings()))
+
+
+def sender() -> Sender:
+    """The sender of this container."""
+    s = settings()
+    return _cached("sender", lambda: Sender(s, mailer(), Queue(aws_client("sqs", s), s.send_queue_url)))
+
+
+def releaser() -> Releaser:
+    """The paced releaser of this container."""
+    return _cached("releaser", lambda: build_releaser(settings()))
+
+
+def override(**services: Any) -> None:
+    """Replace services (tests, the local runtime); ``settings=`` swaps the settings too."""
+    with _lock:
+        _overrides.update(services)
+        _services.clear()
+
+
+def reset() -> None:
+    """Drop every cached service and override (closing an SMTP pool if one was built)."""
+    with _lock:
+        pool = _services.get("mailer")
+        _services.clear()
+        _overrides.clear()
+    if isinstance(pool, SmtpPool):
+        pool.close()
