@@ -111,6 +111,8 @@ def list_recipients(request: Any, campaign_id: str, statuses: list[str] | None =
         wanted = statuses
         if wanted is None and query(request, "status"):
             wanted = [s.strip() for s in str(query(request, "status")).split(",") if s.strip()]
-        return 200, campaigns.list_recipients(campaign, wanted, parse_limit(query(request, "limit")), query(request, "next"))
+        return 200, campaigns.list_recipients(
+            campaign, wanted, parse_limit(query(request, "limit")), query(request, "next")
+        )
 
     return respond(request, READ, action)

@@ -81,9 +81,7 @@ def bearer_token(header: str | None) -> str:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-def mint_token(
-    settings: Settings, tenant: str, scopes: tuple[str, ...] = (READ, WRITE), ttl_s: int = 86_400
-) -> str:
+def mint_token(settings: Settings, tenant: str, scopes: tuple[str, ...] = (READ, WRITE), ttl_s: int = 86_400) -> str:
     """An HS256 token for local and dev use (``python -m infra.local token``)."""
     now = int(time.time())
     claims = {"tenant": tenant, "scope": " ".join(scopes), "sub": f"dev:{tenant}", "iat": now, "exp": now + ttl_s}

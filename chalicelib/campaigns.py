@@ -17,6 +17,7 @@ from chalicelib.models import (
     Recipient,
 )
 from chalicelib.pagination import decode_token, encode_token
+from chalicelib.recipients import parse_history
 from chalicelib.release import enqueue_release
 from chalicelib.settings import Settings
 from chalicelib.suppressions import suppressed_among
@@ -137,7 +138,7 @@ def recipient_view(r: Recipient) -> dict[str, Any]:
         "message_id": r.message_id,
         "created_at": r.created_at,
         "updated_at": r.updated_at,
-        "history": [{"at": t.at, "status": t.status, "reply": t.reply} for t in (r.history or [])],
+        "history": parse_history(r.history),
     }
 
 

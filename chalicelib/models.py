@@ -10,7 +10,6 @@ from __future__ import annotations
 from pynamodb.attributes import (
     JSONAttribute,
     ListAttribute,
-    MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
 )
@@ -76,14 +75,6 @@ class Campaign(Model):
     tenant_index = TenantCreatedIndex()
 
 
-class Transition(MapAttribute):
-    """One entry of a recipient's audit trail."""
-
-    at = UnicodeAttribute()
-    status = UnicodeAttribute(attr_name="s")
-    reply = UnicodeAttribute(null=True, attr_name="r")
-
-
 class RecipientStatusIndex(LocalSecondaryIndex["Recipient"]):
     """Recipients of one campaign by status (for /recipients?status= and /failures)."""
 
@@ -114,7 +105,7 @@ class Recipient(Model):
     message_id = UnicodeAttribute(null=True)
     created_at = UnicodeAttribute(null=True)
     updated_at = UnicodeAttribute(null=True)
-    history = ListAttribute(of=Transition, null=True)
+    history = ListAttribute(of=UnicodeAttribute, null=True)  # "<at> <status> <reply>" per transition
     status_index = RecipientStatusIndex()
 
 
@@ -188,6 +179,7 @@ _LOGICAL_NAMES = {
     Connection: "connections",
     Suppression: "suppressions",
 }
+
 
 def bind_models(settings: Settings) -> None:
     """Point every model at the tables, region and endpoint named in settings."""

@@ -3,19 +3,24 @@
 ``claim`` moves a recipient ``pending|deferred → sending`` (or takes over an
 expired lease) and ``record_outcome`` moves it on only while the claim is still
 held, so a duplicated or redelivered job can never send the same mail twice.
+
+These are the two writes every email costs, so they use the low-level client
+with hand-written expressions: a third of pynamodb's cost on this path.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
-from pynamodb.exceptions import UpdateError
-
-from chalicelib.models import DEFERRED, FAILED, PENDING, SENDING, Recipient, Transition
+from chalicelib.clients import aws_client
+from chalicelib.models import DEFERRED, FAILED, PENDING, SENDING, Recipient
+from chalicelib.settings import Settings
 from chalicelib.timeutil import now_iso
 
-CONDITION_FAILED = "ConditionalCheckFailedException"
 MAX_REPLY = 500
+MAX_HISTORY_REPLY = 200
 
 
 @dataclass(frozen=True)
@@ -34,73 +39,193 @@ class ClaimToken:
         return (token or "").rsplit("#", 1)[0]
 
 
-def _history_entry(at: str, status: str, reply: str | None) -> object:
-    """Append one transition to the recipient's audit trail."""
-    entry = Transition(at=at, status=status, reply=(reply or "")[:200] or None)
-    return Recipient.history.set((Recipient.history | []).append([entry]))
+@dataclass(frozen=True)
+class Claimed:
+    """What the sender needs from a recipient it has just claimed."""
+
+    vars: dict[str, Any]
+    attempts: int
 
 
-def claim(campaign_id: str, email: str, token: ClaimToken, now: float, lease_s: int) -> Recipient | None:
-    """Take the recipient for sending; None if it is not claimable right now."""
-    recipient = Recipient(campaign_id, email)
-    ready = Recipient.status.is_in(PENDING, DEFERRED) & (
-        Recipient.retry_at.does_not_exist() | (Recipient.retry_at <= now)
-    )
-    abandoned = (Recipient.status == SENDING) & (Recipient.lease_until < now)
-    try:
-        recipient.update(
-            actions=[
-                Recipient.status.set(SENDING),
-                Recipient.claim_token.set(str(token)),
-                Recipient.lease_until.set(now + lease_s),
-                Recipient.attempts.add(1),
-                Recipient.updated_at.set(now_iso(now)),
-                _history_entry(now_iso(now), SENDING, None),
-            ],
-            condition=Recipient.email.exists() & (ready | abandoned),
-        )
-    except UpdateError as exc:
-        if exc.cause_response_code == CONDITION_FAILED:
+def _key(campaign_id: str, email: str) -> dict[str, Any]:
+    return {"campaign_id": {"S": campaign_id}, "email": {"S": email}}
+
+
+def _history_entry(at: str, status: str, reply: str | None) -> dict[str, Any]:
+    # One compact string per transition ("<at> <status> <reply>"): the audit
+    # trail rides on every stream image, so it is kept small.
+    text = f"{at} {status}" + (f" {reply[:MAX_HISTORY_REPLY]}" if reply else "")
+    return {"L": [{"S": text}]}
+
+
+def parse_history(entries: list[str] | None) -> list[dict[str, str | None]]:
+    """The audit trail as the API shows it."""
+    out = []
+    for entry in entries or []:
+        at, _, rest = entry.partition(" ")
+        status, _, reply = rest.partition(" ")
+        out.append({"at": at, "status": status, "reply": reply or None})
+    return out
+
+
+class RecipientStore:
+    """Conditional writes on the recipients table."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.client = aws_client("dynamodb", settings)
+        self.table = settings.table_name("recipients")
+        self._condition_failed = self.client.exceptions.ConditionalCheckFailedException
+
+    def claim(self, campaign_id: str, email: str, token: ClaimToken, now: float, lease_s: int) -> Claimed | None:
+        """Take the recipient for sending; None if it is not claimable right now."""
+        at = now_iso(now)
+        try:
+            result = self.client.update_item(
+                TableName=self.table,
+                Key=_key(campaign_id, email),
+                UpdateExpression=(
+                    "SET #s = :sending, claim_token = :token, lease_until = :lease, updated_at = :at ADD attempts :one"
+                ),
+                ConditionExpression=(
+                    "attribute_exists(email) AND ((#s IN (:pending, :deferred) AND "
+                    "(attribute_not_exists(retry_at) OR retry_at <= :now)) OR (#s = :sending AND lease_until < :now))"
+                ),
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":sending": {"S": SENDING},
+                    ":pending": {"S": PENDING},
+                    ":deferred": {"S": DEFERRED},
+                    ":token": {"S": str(token)},
+                    ":lease": {"N": repr(now + lease_s)},
+                    ":now": {"N": repr(now)},
+                    ":at": {"S": at},
+                    ":one": {"N": "1"},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except self._condition_failed:
             return None
-        raise
-    return recipient
+        item = result["Attributes"]
+        raw_vars = item.get("vars", {}).get("S")
+        return Claimed(vars=json.loads(raw_vars) if raw_vars else {}, attempts=int(item["attempts"]["N"]))
 
-
-def record_outcome(
-    campaign_id: str,
-    email: str,
-    token: ClaimToken,
-    status: str,
-    reply: str,
-    code: int | None = None,
-    message_id: str | None = None,
-    retry_at: float | None = None,
-    now: float | None = None,
-) -> bool:
-    """Move a claimed recipient to ``status``; False if the claim was lost meanwhile."""
-    at = now_iso(now)
-    actions = [
-        Recipient.status.set(status),
-        Recipient.last_reply.set(reply[:MAX_REPLY]),
-        Recipient.updated_at.set(at),
-        Recipient.lease_until.remove(),
-        _history_entry(at, status, reply),
-    ]
-    if code is not None:
-        actions.append(Recipient.last_code.set(code))
-    if message_id:
-        actions.append(Recipient.message_id.set(message_id))
-    actions.append(Recipient.retry_at.set(retry_at) if retry_at is not None else Recipient.retry_at.remove())
-    try:
-        Recipient(campaign_id, email).update(
-            actions=actions,
-            condition=(Recipient.status == SENDING) & (Recipient.claim_token == str(token)),
-        )
-    except UpdateError as exc:
-        if exc.cause_response_code == CONDITION_FAILED:
+    def record_outcome(
+        self,
+        campaign_id: str,
+        email: str,
+        token: ClaimToken,
+        status: str,
+        reply: str,
+        code: int | None = None,
+        message_id: str | None = None,
+        retry_at: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Move a claimed recipient to ``status``; False if the claim was lost meanwhile."""
+        at = now_iso(now)
+        sets = [
+            "#s = :status",
+            "last_reply = :reply",
+            "updated_at = :at",
+            "history = list_append(if_not_exists(history, :empty), :entry)",
+        ]
+        removes = ["lease_until"]
+        values: dict[str, Any] = {
+            ":status": {"S": status},
+            ":reply": {"S": reply[:MAX_REPLY] or "-"},
+            ":at": {"S": at},
+            ":entry": _history_entry(at, status, reply),
+            ":empty": {"L": []},
+            ":sending": {"S": SENDING},
+            ":token": {"S": str(token)},
+        }
+        if code is not None:
+            sets.append("last_code = :code")
+            values[":code"] = {"N": str(code)}
+        if message_id:
+            sets.append("message_id = :mid")
+            values[":mid"] = {"S": message_id}
+        if retry_at is not None:
+            sets.append("retry_at = :retry")
+            values[":retry"] = {"N": repr(retry_at)}
+        else:
+            removes.append("retry_at")
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=_key(campaign_id, email),
+                UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
+                ConditionExpression="#s = :sending AND claim_token = :token",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=values,
+            )
+        except self._condition_failed:
             return False
-        raise
-    return True
+        return True
+
+    def mark_failed(self, campaign_id: str, email: str, reason: str, only_token_of: str | None = None) -> bool:
+        """Dead-lettered: the job's receives are exhausted. Only an open recipient can fail.
+
+        With ``only_token_of`` (a message id), only when that message holds or
+        last held the claim — a dead-lettered duplicate must not fail a
+        recipient whose live job is still retrying.
+        """
+        at = now_iso()
+        condition = "attribute_exists(email) AND #s IN (:pending, :deferred, :sending)"
+        values: dict[str, Any] = {
+            ":failed": {"S": FAILED},
+            ":reply": {"S": reason[:MAX_REPLY]},
+            ":at": {"S": at},
+            ":empty": {"L": []},
+            ":entry": _history_entry(at, FAILED, reason),
+            ":pending": {"S": PENDING},
+            ":deferred": {"S": DEFERRED},
+            ":sending": {"S": SENDING},
+        }
+        if only_token_of is not None:
+            condition += " AND (attribute_not_exists(claim_token) OR begins_with(claim_token, :msg))"
+            values[":msg"] = {"S": f"{only_token_of}#"}
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=_key(campaign_id, email),
+                UpdateExpression=(
+                    "SET #s = :failed, last_reply = :reply, updated_at = :at, "
+                    "history = list_append(if_not_exists(history, :empty), :entry) REMOVE lease_until"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=values,
+            )
+        except self._condition_failed:
+            return False
+        return True
+
+    def reopen(self, campaign_id: str, email: str, from_states: tuple[str, ...]) -> bool:
+        """Move a recipient back to ``pending`` (retry, redrive) if it is in one of ``from_states``."""
+        at = now_iso()
+        names = {f":f{i}": {"S": s} for i, s in enumerate(from_states)}
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=_key(campaign_id, email),
+                UpdateExpression=(
+                    "SET #s = :pending, updated_at = :at, history = list_append(if_not_exists(history, :empty), :entry) "
+                    "REMOVE retry_at, lease_until, claim_token"
+                ),
+                ConditionExpression=f"attribute_exists(email) AND #s IN ({', '.join(names)})",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":pending": {"S": PENDING},
+                    ":at": {"S": at},
+                    ":empty": {"L": []},
+                    ":entry": _history_entry(at, PENDING, "re-queued"),
+                    **names,
+                },
+            )
+        except self._condition_failed:
+            return False
+        return True
 
 
 def current(campaign_id: str, email: str) -> Recipient | None:
@@ -109,24 +234,3 @@ def current(campaign_id: str, email: str) -> Recipient | None:
         return Recipient.get(campaign_id, email, consistent_read=True)
     except Recipient.DoesNotExist:
         return None
-
-
-def mark_failed(campaign_id: str, email: str, reason: str) -> bool:
-    """Dead-lettered: the job's receives are exhausted. Only an open recipient can fail."""
-    at = now_iso()
-    try:
-        Recipient(campaign_id, email).update(
-            actions=[
-                Recipient.status.set(FAILED),
-                Recipient.last_reply.set(reason[:MAX_REPLY]),
-                Recipient.updated_at.set(at),
-                Recipient.lease_until.remove(),
-                _history_entry(at, FAILED, reason),
-            ],
-            condition=Recipient.email.exists() & Recipient.status.is_in(PENDING, DEFERRED, SENDING),
-        )
-    except UpdateError as exc:
-        if exc.cause_response_code == CONDITION_FAILED:
-            return False
-        raise
-    return True

@@ -132,7 +132,9 @@ class Releaser:
         remaining = list(job.emails)
         released = 0
         deadline = self.clock() + self.max_seconds
-        idle_wait = 0.02
+        # Each depth reading is an SQS call (and O(depth) on moto): when the
+        # queue is full, wait longer before looking again.
+        idle_wait = 0.1
         while remaining:
             room = self.max_depth - self.send_queue.depth()
             # Wait for room for a few full batches: topping up one message at a
@@ -145,12 +147,12 @@ class Releaser:
                 batch, remaining = remaining[:granted], remaining[granted:]
                 self.send_queue.send_jobs([send_job_body(job.campaign_id, e) for e in batch])
                 released += granted
-                idle_wait = 0.02
+                idle_wait = 0.1
                 continue
             if self.clock() + wait >= deadline:
                 break
             self.sleep(max(wait, idle_wait))
-            idle_wait = min(0.5, idle_wait * 1.5)
+            idle_wait = min(1.0, idle_wait * 1.5)
         if remaining:
             self.release_queue.send_jobs([ChunkJob(job.campaign_id, tuple(remaining)).to_body()])
         return released

@@ -36,7 +36,7 @@ from chalicelib.models import (
     Campaign,
 )
 from chalicelib.queues import Queue
-from chalicelib.recipients import ClaimToken
+from chalicelib.recipients import ClaimToken, RecipientStore
 from chalicelib.rendering import CampaignTemplates, build_message, message_id
 from chalicelib.settings import Settings
 from chalicelib.smtp import Envelope, Mailer
@@ -125,10 +125,13 @@ class Sender:
         self.campaigns = campaigns or CampaignCache()
         self.clock = clock
         self.rng = rng or random.Random()
+        self.recipients = RecipientStore(settings)
 
     def process_batch(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         """Handle one SQS event; returns ``batchItemFailures`` for the records to retry."""
         records = event.get("Records", [])
+        if not records:
+            return {"batchItemFailures": []}
         jobs = [self._parse(r) for r in records]
         campaign_ids = {j[0] for j in jobs if j}
         tenants = {cid: view.tenant for cid in campaign_ids if (view := self.campaigns.get(cid))}
@@ -168,18 +171,20 @@ class Sender:
             return
         token = ClaimToken(record.message_id, int(record.attributes.approximate_receive_count or 1))
         now = self.clock()
-        claimed = store.claim(campaign_id, email, token, now, self.settings.claim_lease_s)
+        claimed = self.recipients.claim(campaign_id, email, token, now, self.settings.claim_lease_s)
         if claimed is None:
             self._unclaimable(record, campaign_id, email, token, now)
             return
         mid = message_id(campaign_id, email, self.settings.message_id_domain)
         if (campaign_id, email) in suppressed:
-            store.record_outcome(campaign_id, email, token, SUPPRESSED, "address is on the suppression list", now=now)
+            self.recipients.record_outcome(
+                campaign_id, email, token, SUPPRESSED, "address is on the suppression list", now=now
+            )
             return
         try:
             message = build_message(campaign.templates, email, claimed.vars, self.settings.message_id_domain)
         except TemplateError as exc:
-            store.record_outcome(campaign_id, email, token, FAILED, f"template error: {exc}", message_id=mid)
+            self.recipients.record_outcome(campaign_id, email, token, FAILED, f"template error: {exc}", message_id=mid)
             return
         envelope = Envelope(
             sender=self.settings.bounce_address,
@@ -190,20 +195,27 @@ class Sender:
         try:
             reply = await asyncio.wrap_future(self.mailer.submit(envelope))
         except PermanentDeliveryError as exc:
-            store.record_outcome(campaign_id, email, token, BOUNCED, str(exc), code=exc.code, message_id=mid)
+            self.recipients.record_outcome(campaign_id, email, token, BOUNCED, str(exc), code=exc.code, message_id=mid)
             suppress(campaign.tenant, email, f"bounced: {exc}", campaign_id)
             return
         except TemporaryDeliveryError as exc:
-            attempt = int(claimed.attempts or 1)
+            attempt = claimed.attempts
             delay = backoff_seconds(
                 attempt, self.settings.retry_base_s, self.settings.retry_cap_s, exc.retry_after_s, self.rng
             )
-            store.record_outcome(
-                campaign_id, email, token, DEFERRED, str(exc), code=exc.code, message_id=mid, retry_at=self.clock() + delay
+            self.recipients.record_outcome(
+                campaign_id,
+                email,
+                token,
+                DEFERRED,
+                str(exc),
+                code=exc.code,
+                message_id=mid,
+                retry_at=self.clock() + delay,
             )
             self.send_queue.change_visibility(record.receipt_handle, delay)
             raise RetryLater(f"{email}: deferred {delay}s after attempt {attempt}: {exc}") from exc
-        if not store.record_outcome(campaign_id, email, token, SENT, reply, code=250, message_id=mid):
+        if not self.recipients.record_outcome(campaign_id, email, token, SENT, reply, code=250, message_id=mid):
             logger.warning("claim on %s/%s lost before recording sent", campaign_id, email)
 
     def _unclaimable(self, record: SQSRecord, campaign_id: str, email: str, token: ClaimToken, now: float) -> None:

@@ -82,11 +82,15 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
 
 def read_totals(campaign_id: str, settings: Settings) -> dict[str, Any]:
     """The totals row as plain values (counters default to absent)."""
-    item = aws_client("dynamodb", settings).get_item(
-        TableName=_table(settings),
-        Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
-        ConsistentRead=True,
-    ).get("Item")
+    item = (
+        aws_client("dynamodb", settings)
+        .get_item(
+            TableName=_table(settings),
+            Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
+            ConsistentRead=True,
+        )
+        .get("Item")
+    )
     return _plain(item or {})
 
 

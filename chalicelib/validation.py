@@ -159,7 +159,9 @@ def _parse_recipients(raw: Any, max_recipients: int, errors: list[dict]) -> tupl
         seen.add(email)
         rows.append(RecipientRow(email=email, vars=variables, row=index))
     if row_errors > MAX_ROW_ERRORS:
-        errors.append({"field": "recipients", "error": f"{row_errors} bad rows in all; the first {MAX_ROW_ERRORS} are listed"})
+        errors.append(
+            {"field": "recipients", "error": f"{row_errors} bad rows in all; the first {MAX_ROW_ERRORS} are listed"}
+        )
     return rows, duplicates
 
 

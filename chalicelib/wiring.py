@@ -16,7 +16,7 @@ from chalicelib.sending import Sender
 from chalicelib.settings import Settings, get_settings
 from chalicelib.smtp import Mailer, SmtpPool
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # building one service may build another
 _services: dict[str, Any] = {}
 _overrides: dict[str, Any] = {}
 

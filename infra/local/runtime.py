@@ -1,0 +1,361 @@
+"""The local runtime: plays every part AWS plays for the deployed app.
+
+Starts (or connects to) the AWS emulator, creates the resources from
+infra/resources.yaml, starts the Mailu stand-in, serves the REST API and the
+WebSocket API, and feeds every SQS queue and DynamoDB stream to its handler
+the way Lambda's event source mappings do. The Lambda code itself is the same
+code that ships; it only sees settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chalicelib import wiring
+from chalicelib.clients import reset_clients
+from chalicelib.settings import Settings
+from infra.local.api_server import ApiServer
+from infra.local.emulator import Emulator, start_emulator
+from infra.local.resources import create_resources
+from infra.local.sqs_event_source import SqsEventSource
+from infra.local.stream_event_source import StreamEventSource
+from infra.local.template import Template
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+LOCAL_JWT_SECRET = "mailpipe-local-development-secret"
+
+# What the local stage changes against the production defaults: seconds, not
+# hours, and a shallow send queue (moto's SQS costs O(depth) per call).
+LOCAL_DEFAULTS = {
+    "CLAIM_LEASE_S": "10",
+    "RETRY_BASE_S": "1",
+    "RETRY_CAP_S": "8",
+    "SEND_RATE_PER_S": "5000",
+    "SEND_QUEUE_MAX_DEPTH": "100",
+    "RELEASE_CHUNK_SIZE": "500",
+    "RELEASE_MAX_SECONDS": "10",
+    "SMTP_CONNECTIONS": "8",
+    "SMTP_VERIFY_TLS": "false",
+}
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.strip() else default
+
+
+@dataclass
+class RuntimeConfig:
+    """Ports, paths and knobs of the local runtime (see README "Settings")."""
+
+    host: str = "127.0.0.1"
+    api_port: int = 0
+    ws_port: int = 0
+    ws_management_port: int = 0
+    smtp_port: int = 0
+    moto_port: int = 0
+    endpoint_url: str | None = None  # AWS_ENDPOINT_URL: LocalStack or any other endpoint
+    stack_name: str = "mailpipe-local"
+    local_dir: Path = PROJECT_ROOT / ".local"
+    max_receive_count: int = 5
+    send_visibility_timeout: int = 15
+    send_concurrency: int = 4
+    release_concurrency: int = 2
+    standin_in_process: bool = True  # False: the stand-in runs as its own process (faster: a second core)
+    standin_env: dict[str, str] = field(default_factory=dict)  # SMTP_STANDIN_* overrides
+    settings_env: dict[str, str] = field(default_factory=dict)  # overrides of chalicelib settings
+    schedule_interval_s: float = 3.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> RuntimeConfig:
+        """Ports and endpoint from the environment (API_PORT, WS_PORT, SMTP_PORT, …)."""
+        values: dict[str, Any] = {
+            "api_port": _env_int("API_PORT", 8000),
+            "ws_port": _env_int("WS_PORT", 8001),
+            "ws_management_port": _env_int("WS_MANAGEMENT_PORT", 8002),
+            "smtp_port": _env_int("SMTP_PORT", 8025),
+            "moto_port": _env_int("MOTO_PORT", 5000),
+            "endpoint_url": os.environ.get("AWS_ENDPOINT_URL") or None,
+            "max_receive_count": _env_int("MAX_RECEIVE_COUNT", 5),
+            "send_concurrency": _env_int("SEND_CONCURRENCY", 4),
+        }
+        if os.environ.get("MAILPIPE_LOCAL_DIR"):
+            values["local_dir"] = Path(os.environ["MAILPIPE_LOCAL_DIR"])
+        values.update(overrides)
+        return cls(**values)
+
+
+def _stage_environment(stage: str = "local") -> dict[str, str]:
+    """The environment variables .chalice/config.json gives the stage's functions."""
+    config = json.loads((PROJECT_ROOT / ".chalice" / "config.json").read_text())
+    env = dict(config.get("environment_variables", {}))
+    env.update(config.get("stages", {}).get(stage, {}).get("environment_variables", {}))
+    return env
+
+
+class LocalRuntime:
+    """Everything the deployed app needs, on this machine."""
+
+    def __init__(self, config: RuntimeConfig | None = None) -> None:
+        self.config = config or RuntimeConfig()
+        self.emulator: Emulator | None = None
+        self.template: Template | None = None
+        self.settings: Settings | None = None
+        self.api: ApiServer | None = None
+        self.gateway: Any = None
+        self.standin: Any = None
+        self._standin_process: subprocess.Popen | None = None
+        self.smtp_port = 0
+        self.sources: dict[str, SqsEventSource | StreamEventSource] = {}
+        self._scheduler_stop = threading.Event()
+        self._scheduler: threading.Thread | None = None
+        self.app: Any = None
+
+    # -- paths -------------------------------------------------------------
+    @property
+    def maildir_root(self) -> Path:
+        """Where the stand-in keeps mail: ``outbox`` (accepted) and ``bounces`` (reports)."""
+        return self.config.local_dir / "mail"
+
+    @property
+    def api_url(self) -> str:
+        """The REST API's base URL."""
+        assert self.api is not None
+        return self.api.url
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket API's URL."""
+        return self.gateway.url if self.gateway else ""
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> LocalRuntime:
+        """Start every part; returns once all are ready."""
+        cfg = self.config
+        self.emulator = start_emulator(cfg.endpoint_url, cfg.host, cfg.moto_port)
+        self.template = Template.load(
+            cfg.stack_name,
+            region=self.emulator.region,
+            parameters={"MaxReceiveCount": cfg.max_receive_count, "SendVisibilityTimeout": cfg.send_visibility_timeout},
+        )
+        clients = {name: self.emulator.client(name) for name in ("dynamodb", "sqs", "sns")}
+        create_resources(self.template, clients)
+        self._start_standin()
+        self.settings = self._lambda_settings()
+        reset_clients()
+        wiring.reset()
+        wiring.override(settings=self.settings)
+        self.app = importlib.import_module("app").app
+        self._start_websocket_gateway()
+        self.api = ApiServer(self.app, cfg.host, cfg.api_port)
+        self.api.start()
+        self._start_event_sources()
+        self._start_scheduler()
+        return self
+
+    def stop(self) -> None:
+        """Stop everything, newest first."""
+        self._scheduler_stop.set()
+        if self._scheduler:
+            self._scheduler.join(timeout=30)
+        for source in self.sources.values():
+            source.stop()
+        self.sources.clear()
+        if self.api:
+            self.api.stop()
+        if self.gateway:
+            self.gateway.stop()
+        wiring.reset()
+        reset_clients()
+        if self.standin:
+            self.standin.stop()
+        if self._standin_process:
+            self._standin_process.terminate()
+            self._standin_process.wait(timeout=10)
+        if self.emulator:
+            self.emulator.stop()
+
+    def __enter__(self) -> LocalRuntime:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- parts -------------------------------------------------------------
+    def _standin_environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k.startswith("SMTP_STANDIN_")}
+        env.update(self.config.standin_env)
+        env["SMTP_STANDIN_MAILDIR"] = str(self.maildir_root)
+        env["SMTP_HOST"] = self.config.host
+        env["SMTP_PORT"] = str(self.config.smtp_port)
+        return env
+
+    def _start_standin(self) -> None:
+        from infra.local.smtp_standin import MailuStandin, StandinConfig
+
+        env = self._standin_environment()
+        if self.config.standin_in_process:
+            self.standin = MailuStandin(StandinConfig.from_env(env))
+            self.standin.start()
+            self.smtp_port = self.standin.port
+            return
+        process_env = dict(os.environ, **env)
+        self._standin_process = subprocess.Popen(
+            [sys.executable, "-m", "infra.local.smtp_standin"],
+            cwd=PROJECT_ROOT,
+            env=process_env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._standin_process.stdout is not None
+        line = self._standin_process.stdout.readline()  # "SMTP: 127.0.0.1:<port>"
+        if not line.startswith("SMTP:"):
+            raise RuntimeError(f"the SMTP stand-in did not start: {line!r}")
+        self.smtp_port = int(line.rsplit(":", 1)[1])
+
+    def _lambda_settings(self) -> Settings:
+        assert self.emulator and self.template
+        physical = self.template.physical
+        env = dict(LOCAL_DEFAULTS)
+        env.update(_stage_environment("local"))
+        env.update({k: v for k, v in os.environ.items() if k in _setting_names()})
+        env.update(self.config.settings_env)
+        env.update(
+            {
+                "TABLE_PREFIX": self.config.stack_name,
+                "RELEASE_QUEUE_URL": physical["ReleaseQueue"]["Ref"],
+                "SEND_QUEUE_URL": physical["SendQueue"]["Ref"],
+                "DEAD_LETTER_QUEUE_URL": physical["SendDeadLetterQueue"]["Ref"],
+                "FAILED_JOBS_QUEUE_URL": physical["FailedJobsQueue"]["Ref"],
+                "ALERTS_TOPIC_ARN": physical["AlertsTopic"]["Ref"],
+                "MAX_RECEIVE_COUNT": str(self.config.max_receive_count),
+                "SMTP_HOST": self.config.host,
+                "SMTP_PORT": str(self.smtp_port),
+                "SMTP_USERNAME": self._standin_environment().get("SMTP_USERNAME", "mailpipe"),
+                "SMTP_PASSWORD": self._standin_environment().get("SMTP_PASSWORD", "mailpipe"),
+                "REPORT_MAILBOX_URL": f"maildir:{self.maildir_root / 'bounces'}",
+                "AWS_REGION": self.emulator.region,
+                "AWS_ENDPOINT_URL": self.emulator.lambda_endpoint,
+            }
+        )
+        env.setdefault("JWT_SECRET", os.environ.get("JWT_SECRET") or LOCAL_JWT_SECRET)
+        env["JWT_ALGORITHM"] = os.environ.get("JWT_ALGORITHM", "HS256")
+        return Settings.from_env(env)
+
+    def _start_websocket_gateway(self) -> None:
+        if not getattr(self.app, "websocket_handlers", None):
+            return
+        from infra.local.websocket_gateway import WebSocketGateway
+
+        cfg = self.config
+        self.gateway = WebSocketGateway(
+            self.app, host=cfg.host, port=cfg.ws_port, management_port=cfg.ws_management_port, stage="local"
+        )
+        self.gateway.start()
+        assert self.settings is not None
+        self.settings = dataclasses.replace(
+            self.settings, websocket_management_url=self.gateway.management_url, websocket_url=self.gateway.url
+        )
+        wiring.override(settings=self.settings)
+
+    def _concurrency(self, name: str) -> int:
+        return {"send_mail": self.config.send_concurrency, "release_jobs": self.config.release_concurrency}.get(name, 1)
+
+    def _start_event_sources(self) -> None:
+        assert self.emulator and self.template
+        sqs = self.emulator.client("sqs")
+        for source in self.app.event_sources:
+            kind = type(source).__name__
+            handler = self.app.handler_map[source.name]
+            target = self.template.event_source_target(source.name)
+            if kind == "SQSEventConfig":
+                if target is None:
+                    raise ValueError(f"infra/resources.yaml names no queue for handler {source.name}")
+                queue = self.template.physical[target]
+                self.sources[source.name] = SqsEventSource(
+                    name=source.name,
+                    sqs=sqs,
+                    queue_url=queue["Ref"],
+                    queue_arn=queue["Arn"],
+                    handler=handler,
+                    region=self.emulator.region,
+                    batch_size=source.batch_size,
+                    batching_window_s=source.maximum_batching_window_in_seconds,
+                    concurrency=self._concurrency(source.name),
+                )
+            elif kind == "DynamoDBEventConfig":
+                if target is None:
+                    raise ValueError(f"infra/resources.yaml names no stream for handler {source.name}")
+                overrides = self.template.event_source_properties(source.name)
+                self.sources[source.name] = StreamEventSource(
+                    name=source.name,
+                    streams=self.emulator.client("dynamodbstreams"),
+                    stream_arn=self.template.physical[target]["StreamArn"],
+                    handler=handler,
+                    region=self.emulator.region,
+                    batch_size=source.batch_size,
+                    # Lambda's window is whole seconds; locally a fraction keeps pushes fresh.
+                    batching_window_s=min(0.25, float(source.maximum_batching_window_in_seconds)),
+                    starting_position=overrides.get("StartingPosition", source.starting_position),
+                )
+        for source in self.sources.values():
+            source.start()
+
+    def _start_scheduler(self) -> None:
+        scheduled = [s for s in self.app.event_sources if type(s).__name__ == "CloudWatchEventConfig"]
+        if not scheduled:
+            return
+
+        def run() -> None:
+            from infra.local.lambda_context import LambdaContext
+
+            while not self._scheduler_stop.wait(self.config.schedule_interval_s):
+                for source in scheduled:
+                    event = {
+                        "version": "0",
+                        "id": str(time.time()),
+                        "detail-type": "Scheduled Event",
+                        "source": "aws.events",
+                        "account": "123456789012",
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "region": self.emulator.region if self.emulator else "us-east-1",
+                        "resources": [f"arn:aws:events:us-east-1:123456789012:rule/{source.name}"],
+                        "detail": {},
+                    }
+                    try:
+                        self.app.handler_map[source.name](event, LambdaContext(source.name))
+                    except Exception:  # noqa: BLE001 - a failed run is retried at the next tick, as on AWS
+                        logger.exception("scheduled function %s failed", source.name)
+
+        self._scheduler = threading.Thread(target=run, name="scheduler", daemon=True)
+        self._scheduler.start()
+
+    def run_scheduled(self, name: str) -> Any:
+        """Invoke a scheduled function now (tests, demos)."""
+        from infra.local.lambda_context import LambdaContext
+
+        return self.app.handler_map[name]({"detail-type": "Scheduled Event", "detail": {}}, LambdaContext(name))
+
+    def external_client(self, service: str) -> Any:
+        """A boto3 client for another process's view of the emulator (over HTTP)."""
+        import boto3
+
+        assert self.emulator
+        return boto3.client(service, region_name=self.emulator.region, endpoint_url=self.emulator.endpoint_url)
+
+
+def _setting_names() -> set[str]:
+    return {f.name.upper() for f in dataclasses.fields(Settings)} | {"AWS_REGION", "AWS_ENDPOINT_URL"}

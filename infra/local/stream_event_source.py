@@ -1,0 +1,173 @@
+"""Emulates Lambda's DynamoDB-stream event source for one ``on_dynamodb_record`` handler.
+
+Follows every shard of the stream (and the children of closed shards), from
+``TRIM_HORIZON`` or ``LATEST``, gathers up to ``batch_size`` records for at
+most the batching window, hands them over in Lambda's exact record shape, and
+retries a failed batch — the same records, in order — as Lambda does, before
+moving on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from infra.local.lambda_context import LambdaContext
+
+logger = logging.getLogger(__name__)
+
+
+def lambda_stream_record(record: dict[str, Any], stream_arn: str, region: str) -> dict[str, Any]:
+    """One stream record as Lambda hands it to a function."""
+    data = dict(record["dynamodb"])
+    created = data.get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):
+        data["ApproximateCreationDateTime"] = int(created.timestamp())
+    elif created is None:
+        data["ApproximateCreationDateTime"] = int(time.time())
+    return {
+        "eventID": record["eventID"],
+        "eventName": record["eventName"],
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": region,
+        "dynamodb": data,
+        "eventSourceARN": stream_arn,
+    }
+
+
+class StreamEventSource:
+    """Pollers (one per shard) feeding a table's stream to one handler."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        streams: Any,
+        stream_arn: str,
+        handler: Callable[[dict, Any], Any],
+        region: str,
+        batch_size: int = 100,
+        batching_window_s: float = 0.0,
+        starting_position: str = "TRIM_HORIZON",
+        poll_interval_s: float = 0.05,
+        max_retry_delay_s: float = 2.0,
+        on_invoke: Callable[[str, list[dict], Any, BaseException | None], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.streams = streams
+        self.stream_arn = stream_arn
+        self.handler = handler
+        self.region = region
+        self.batch_size = batch_size
+        self.batching_window_s = batching_window_s
+        self.starting_position = starting_position
+        self.poll_interval_s = poll_interval_s
+        self.max_retry_delay_s = max_retry_delay_s
+        self.on_invoke = on_invoke
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.invocations = 0
+        self.retries = 0
+        self.records_delivered = 0
+
+    def start(self) -> None:
+        """Start following the stream."""
+        self._thread = threading.Thread(target=self._run, name=f"stream-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following (an in-flight batch finishes first)."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def _shards(self) -> list[dict[str, Any]]:
+        shards: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"StreamArn": self.stream_arn}
+        while True:
+            description = self.streams.describe_stream(**kwargs)["StreamDescription"]
+            shards.extend(description.get("Shards", []))
+            last = description.get("LastEvaluatedShardId")
+            if not last:
+                return shards
+            kwargs["ExclusiveStartShardId"] = last
+
+    def _run(self) -> None:
+        # shard id → iterator; parents are read to the end before their children start.
+        iterators: dict[str, str | None] = {}
+        finished: set[str] = set()
+        pending: list[dict[str, Any]] = []
+        last_refresh = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_refresh > 5 or not iterators:
+                    for shard in self._shards():
+                        shard_id = shard["ShardId"]
+                        if shard_id in iterators or shard_id in finished:
+                            continue
+                        parent = shard.get("ParentShardId")
+                        if parent and parent not in finished and parent in iterators:
+                            continue
+                        kind = self.starting_position if not parent else "TRIM_HORIZON"
+                        iterators[shard_id] = self.streams.get_shard_iterator(
+                            StreamArn=self.stream_arn, ShardId=shard_id, ShardIteratorType=kind
+                        )["ShardIterator"]
+                    last_refresh = time.monotonic()
+                progressed = False
+                for shard_id, iterator in list(iterators.items()):
+                    if iterator is None:
+                        finished.add(shard_id)
+                        del iterators[shard_id]
+                        continue
+                    pending, next_iterator = self._gather(iterator)
+                    if pending:
+                        self._deliver(pending)
+                        progressed = True
+                    iterators[shard_id] = next_iterator
+                if not progressed:
+                    self._stop.wait(self.poll_interval_s)
+            except Exception:  # noqa: BLE001 - keep following the stream whatever the emulator says
+                logger.exception("stream poller %s failed; retrying", self.name)
+                self._stop.wait(1.0)
+
+    def _gather(self, iterator: str) -> tuple[list[dict[str, Any]], str | None]:
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.batching_window_s
+        current: str | None = iterator
+        while current and len(records) < self.batch_size:
+            response = self.streams.get_records(ShardIterator=current, Limit=self.batch_size - len(records))
+            records.extend(response.get("Records", []))
+            current = response.get("NextShardIterator")
+            if not response.get("Records"):
+                if not records or time.monotonic() >= deadline:
+                    break
+                self._stop.wait(min(self.poll_interval_s, max(0.0, deadline - time.monotonic())))
+            elif time.monotonic() >= deadline:
+                break
+        return records, current
+
+    def _deliver(self, raw: list[dict[str, Any]]) -> None:
+        records = [lambda_stream_record(r, self.stream_arn, self.region) for r in raw]
+        delay = 0.05
+        while not self._stop.is_set():
+            self.invocations += 1
+            error: BaseException | None = None
+            result: Any = None
+            try:
+                result = self.handler({"Records": records}, LambdaContext(self.name))
+            except Exception as exc:  # noqa: BLE001 - Lambda retries the same batch until it succeeds
+                logger.exception("stream handler %s raised; retrying the batch", self.name)
+                error = exc
+            if self.on_invoke:
+                self.on_invoke(self.name, records, result, error)
+            if error is None:
+                self.records_delivered += len(records)
+                return
+            self.retries += 1
+            self._stop.wait(delay)
+            delay = min(self.max_retry_delay_s, delay * 2)
