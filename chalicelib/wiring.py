@@ -7,6 +7,8 @@ handlers in app.py only ever ask here.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from chalicelib.clients import aws_client, ensure_models
@@ -57,18 +59,38 @@ def releaser() -> Releaser:
     return _cached("releaser", lambda: build_releaser(settings()))
 
 
+def _drop_services() -> None:
+    with _lock:
+        pool = _services.get("mailer")
+        _services.clear()
+    if isinstance(pool, SmtpPool):
+        pool.close()
+
+
 def override(**services: Any) -> None:
     """Replace services (tests, the local runtime); ``settings=`` swaps the settings too."""
+    _drop_services()
     with _lock:
         _overrides.update(services)
-        _services.clear()
+
+
+@contextmanager
+def overridden(**services: Any) -> Iterator[None]:
+    """Replace services for the duration of a block, then restore what was there."""
+    with _lock:
+        saved = dict(_overrides)
+    override(**services)
+    try:
+        yield
+    finally:
+        _drop_services()
+        with _lock:
+            _overrides.clear()
+            _overrides.update(saved)
 
 
 def reset() -> None:
     """Drop every cached service and override (closing an SMTP pool if one was built)."""
+    _drop_services()
     with _lock:
-        pool = _services.get("mailer")
-        _services.clear()
         _overrides.clear()
-    if isinstance(pool, SmtpPool):
-        pool.close()

@@ -51,6 +51,9 @@ class _RequestHandler(ChaliceRequestHandler):
         self.local_gateway._authorizer = _ApiGatewayAuthorizer(self._app_object_for_auth)
         super()._generic_handle()
 
+    # The base class binds every verb to its own _generic_handle; rebind to ours.
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _generic_handle
+
 
 class ApiServer:
     """The REST API on ``host:port`` (port 0 picks a free one), in a background thread."""

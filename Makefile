@@ -1,0 +1,56 @@
+# mailpipe — every entry point a newcomer needs. `make run` and `make test` set up a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install run test unit integration e2e demo bench token lint package browser clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# Debian's Chromium for the dashboard tests (Playwright never downloads a browser here).
+browser:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "could not install chromium: the e2e tests will fail"; }
+
+run: install
+	$(PY) -m infra.local run
+
+test: install browser
+	$(PY) -m pytest
+
+unit: install
+	$(PY) -m pytest -m unit
+
+integration: install
+	$(PY) -m pytest -m integration
+
+e2e: install browser
+	$(PY) -m pytest -m e2e
+
+demo: install
+	$(PY) -m infra.local demo --n $(or $(N),1000)
+
+bench: install
+	$(PY) -m bench.run --n $(or $(N),10000)
+
+token: install
+	@$(PY) -m infra.local token --tenant $(or $(TENANT),demo)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+package: install
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --stage $(or $(STAGE),prod) \
+	  --merge-template infra/resources.yaml packaged/
+
+clean:
+	rm -rf .local packaged .pytest_cache

@@ -1,0 +1,80 @@
+"""A whole campaign through the local runtime: API → DynamoDB → SQS → sender → Mailu stand-in."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from chalicelib.release import send_job_body
+from chalicelib.rendering import message_id
+from infra.local.runtime import LocalRuntime
+from tests.support.api import Api
+from tests.support.maildir import accepted_messages
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_thousand_recipient_campaign_delivers_each_mail_exactly_once(runtime: LocalRuntime, api: Api) -> None:
+    created = api.create_campaign(1000, prefix="k")
+    campaign_id = created["campaign_id"]
+    assert created["queued"] == 1000
+
+    campaign = api.wait_until_done(campaign_id, timeout_s=400)
+
+    assert campaign["status"] == "completed"
+    assert campaign["counts"]["sent"] == 1000
+    assert sum(campaign["counts"].values()) == 1000
+    mail = [m for m in accepted_messages(runtime.maildir_root) if m["X-Mailpipe-Campaign"] == campaign_id]
+    assert len(mail) == 1000
+    by_recipient = {m["To"]: m for m in mail}
+    assert len(by_recipient) == 1000
+    assert len({m["Message-ID"] for m in mail}) == 1000
+    domain = runtime.settings.message_id_domain
+    for i in (0, 1, 499, 999):
+        msg = by_recipient[f"k{i}@example.org"]
+        assert msg["Subject"] == f"Hello N{i}"
+        assert msg["Message-ID"] == message_id(campaign_id, f"k{i}@example.org", domain)
+        assert f"Hi N{i}" in msg.get_content()
+    recipients = api.all_recipients(campaign_id)
+    assert len(recipients) == 1000
+    assert {r["status"] for r in recipients} == {"sent"}
+    assert all(r["attempts"] == 1 and r["last_reply"].startswith("250") for r in recipients)
+
+
+def test_a_redelivered_job_is_not_sent_twice(runtime: LocalRuntime, api: Api) -> None:
+    campaign_id = api.create_campaign(5, prefix="redeliver")["campaign_id"]
+    api.wait_until_done(campaign_id)
+    before = len(accepted_messages(runtime.maildir_root))
+
+    # SQS delivers at least once: the same job arrives again, twice.
+    sqs = runtime.emulator.client("sqs")
+    body = json.dumps(send_job_body(campaign_id, "redeliver0@example.org"))
+    for _ in range(2):
+        sqs.send_message(QueueUrl=runtime.settings.send_queue_url, MessageBody=body)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        attrs = sqs.get_queue_attributes(QueueUrl=runtime.settings.send_queue_url, AttributeNames=["All"])["Attributes"]
+        if attrs["ApproximateNumberOfMessages"] == "0" and attrs["ApproximateNumberOfMessagesNotVisible"] == "0":
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the re-sent jobs were never consumed")
+
+    assert len(accepted_messages(runtime.maildir_root)) == before
+    (recipient,) = [r for r in api.all_recipients(campaign_id) if r["email"] == "redeliver0@example.org"]
+    assert recipient["status"] == "sent" and recipient["attempts"] == 1
+
+
+def test_the_recipient_listing_filters_by_status_and_paginates(api: Api) -> None:
+    campaign_id = api.create_campaign(7, prefix="page")["campaign_id"]
+    api.wait_until_done(campaign_id)
+    status, first = api.call("GET", f"/campaigns/{campaign_id}/recipients?status=sent&limit=4")
+    assert status == 200 and len(first["recipients"]) == 4 and first["next"]
+    status, second = api.call("GET", f"/campaigns/{campaign_id}/recipients?status=sent&limit=4&next={first['next']}")
+    emails = {r["email"] for r in first["recipients"] + second["recipients"]}
+    assert len(emails) == 7
+    status, none = api.call("GET", f"/campaigns/{campaign_id}/recipients?status=bounced")
+    assert status == 200 and none["recipients"] == []
+    assert api.call("GET", f"/campaigns/{campaign_id}/recipients?status=nonsense")[0] == 400
