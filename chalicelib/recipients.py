@@ -210,7 +210,8 @@ class RecipientStore:
                 TableName=self.table,
                 Key=_key(campaign_id, email),
                 UpdateExpression=(
-                    "SET #s = :pending, updated_at = :at, history = list_append(if_not_exists(history, :empty), :entry) "
+                    "SET #s = :pending, updated_at = :at, "
+                    "history = list_append(if_not_exists(history, :empty), :entry) "
                     "REMOVE retry_at, lease_until, claim_token"
                 ),
                 ConditionExpression=f"attribute_exists(email) AND #s IN ({', '.join(names)})",
