@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice import AuthResponse, Chalice
+from chalice import AuthResponse, Chalice, Rate
 
-from chalicelib import aggregation, api, wiring
+from chalicelib import aggregation, api, dead_letters, reports, wiring
 from chalicelib.auth import bearer_token, verify_token
 from chalicelib.errors import Unauthorized
 from chalicelib.release import ChunkJob
@@ -60,6 +60,27 @@ def list_recipients(campaign_id: str) -> Any:
     return api.list_recipients(app.current_request, campaign_id)
 
 
+@app.route("/campaigns/{campaign_id}/failures", methods=["GET"], authorizer=token_authorizer, cors=True)
+def list_failures(campaign_id: str) -> Any:
+    wiring.settings()
+    return api.list_recipients(app.current_request, campaign_id, api.FAILURE_LISTING)
+
+
+@app.route("/campaigns/{campaign_id}/retry", methods=["POST"], authorizer=token_authorizer, cors=True)
+def retry_failed(campaign_id: str) -> Any:
+    return api.retry_failed(app.current_request, campaign_id, wiring.settings())
+
+
+@app.route("/dlq", methods=["GET"], authorizer=token_authorizer, cors=True)
+def peek_dead_letters() -> Any:
+    return api.peek_dead_letters(app.current_request, wiring.settings())
+
+
+@app.route("/dlq/redrive", methods=["POST"], authorizer=token_authorizer, cors=True)
+def redrive_dead_letters() -> Any:
+    return api.redrive_dead_letters(app.current_request, wiring.settings())
+
+
 @app.on_sqs_message(queue_arn=RELEASE_QUEUE, batch_size=1)
 def release_jobs(event: Any) -> None:
     """Turn chunk jobs into paced per-recipient send jobs."""
@@ -78,3 +99,15 @@ def send_mail(event: Any) -> dict:
 def aggregate_recipients(event: Any) -> None:
     """Count recipient transitions into the campaign's stats and status."""
     aggregation.aggregate_recipient_records(event.to_dict()["Records"], wiring.settings())
+
+
+@app.on_sqs_message(queue_arn=SEND_DLQ, batch_size=10)
+def record_dead_letters(event: Any) -> None:
+    """Jobs that exhausted their receives: mark the recipient failed, park the job for operators."""
+    dead_letters.record_dead_letters(event.to_dict()["Records"], wiring.settings())
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def read_delivery_reports(event: Any) -> None:
+    """Apply the delivery reports waiting in the bounce mailbox."""
+    reports.read_reports(wiring.settings())

@@ -13,8 +13,8 @@ from typing import Any
 
 from chalice import Response
 
-from chalicelib import campaigns
-from chalicelib.auth import READ, WRITE, Principal
+from chalicelib import campaigns, dead_letters
+from chalicelib.auth import ADMIN, READ, WRITE, Principal
 from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, PayloadTooLarge, Unauthorized
 from chalicelib.pagination import parse_limit
 from chalicelib.settings import Settings
@@ -116,3 +116,25 @@ def list_recipients(request: Any, campaign_id: str, statuses: list[str] | None =
         )
 
     return respond(request, READ, action)
+
+
+FAILURE_LISTING = ["failed", "bounced", "suppressed"]
+
+
+def retry_failed(request: Any, campaign_id: str, settings: Settings) -> Response:
+    """POST /campaigns/{id}/retry."""
+    return respond(
+        request, WRITE, lambda p: (202, campaigns.retry_failed(campaigns.get_owned(p, campaign_id), settings))
+    )
+
+
+def peek_dead_letters(request: Any, settings: Settings) -> Response:
+    """GET /dlq (admin)."""
+    return respond(
+        request, ADMIN, lambda p: (200, dead_letters.peek(p.tenant, settings, parse_limit(query(request, "limit"))))
+    )
+
+
+def redrive_dead_letters(request: Any, settings: Settings) -> Response:
+    """POST /dlq/redrive (admin)."""
+    return respond(request, ADMIN, lambda p: (202, dead_letters.redrive(p.tenant, settings)))

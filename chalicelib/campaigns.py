@@ -5,10 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from pynamodb.exceptions import UpdateError
+
 from chalicelib import stats
 from chalicelib.auth import Principal
 from chalicelib.errors import InvalidCampaign, NotFound
 from chalicelib.models import (
+    CAMPAIGN_SENDING,
+    COMPLETED,
+    COMPLETED_WITH_FAILURES,
+    FAILED,
     PENDING,
     QUEUED,
     RECIPIENT_STATES,
@@ -17,7 +23,7 @@ from chalicelib.models import (
     Recipient,
 )
 from chalicelib.pagination import decode_token, encode_token
-from chalicelib.recipients import parse_history
+from chalicelib.recipients import RecipientStore, parse_history
 from chalicelib.release import enqueue_release
 from chalicelib.settings import Settings
 from chalicelib.suppressions import suppressed_among
@@ -172,3 +178,37 @@ def list_recipients(
         start = None
     next_key = {"_state": state_index} if state_index < len(statuses) else None
     return {"recipients": items, "next": encode_token(next_key)}
+
+
+def retry_failed(campaign: Campaign, settings: Settings) -> dict[str, Any]:
+    """Re-queue the recipients that ended ``failed`` (never bounced or suppressed ones).
+
+    Each is reopened ``failed → pending`` with a conditional write first, so a
+    recipient that was sent meanwhile is never queued again.
+    """
+    store = RecipientStore(settings)
+    reopened = [
+        r.email
+        for r in Recipient.status_index.query(campaign.campaign_id, Recipient.status == FAILED)
+        if store.reopen(campaign.campaign_id, r.email, from_states=(FAILED,))
+    ]
+    if reopened:
+        reopen_campaign(campaign.campaign_id)
+        enqueue_release(campaign.campaign_id, reopened, settings)
+    return {"campaign_id": campaign.campaign_id, "requeued": len(reopened)}
+
+
+def reopen_campaign(campaign_id: str) -> None:
+    """A finished campaign with recipients queued again is sending again — say so at once.
+
+    The aggregator would get there from the stream too, but a client polling
+    right after a retry must not see the campaign as done.
+    """
+    try:
+        Campaign(campaign_id).update(
+            actions=[Campaign.status.set(CAMPAIGN_SENDING), Campaign.updated_at.set(now_iso())],
+            condition=Campaign.status.is_in(COMPLETED, COMPLETED_WITH_FAILURES),
+        )
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise

@@ -51,7 +51,8 @@ def _key(campaign_id: str, email: str) -> dict[str, Any]:
     return {"campaign_id": {"S": campaign_id}, "email": {"S": email}}
 
 
-def _history_entry(at: str, status: str, reply: str | None) -> dict[str, Any]:
+def history_entry(at: str, status: str, reply: str | None) -> dict[str, Any]:
+    """One audit-trail entry, as a DynamoDB list value to append."""
     # One compact string per transition ("<at> <status> <reply>"): the audit
     # trail rides on every stream image, so it is kept small.
     text = f"{at} {status}" + (f" {reply[:MAX_HISTORY_REPLY]}" if reply else "")
@@ -134,7 +135,7 @@ class RecipientStore:
             ":status": {"S": status},
             ":reply": {"S": reply[:MAX_REPLY] or "-"},
             ":at": {"S": at},
-            ":entry": _history_entry(at, status, reply),
+            ":entry": history_entry(at, status, reply),
             ":empty": {"L": []},
             ":sending": {"S": SENDING},
             ":token": {"S": str(token)},
@@ -177,7 +178,7 @@ class RecipientStore:
             ":reply": {"S": reason[:MAX_REPLY]},
             ":at": {"S": at},
             ":empty": {"L": []},
-            ":entry": _history_entry(at, FAILED, reason),
+            ":entry": history_entry(at, FAILED, reason),
             ":pending": {"S": PENDING},
             ":deferred": {"S": DEFERRED},
             ":sending": {"S": SENDING},
@@ -220,7 +221,7 @@ class RecipientStore:
                     ":pending": {"S": PENDING},
                     ":at": {"S": at},
                     ":empty": {"L": []},
-                    ":entry": _history_entry(at, PENDING, "re-queued"),
+                    ":entry": history_entry(at, PENDING, "re-queued"),
                     **names,
                 },
             )

@@ -9,7 +9,7 @@ from email.utils import formatdate
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2 import StrictUndefined, TemplateError, TemplateRuntimeError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 _text_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -56,8 +56,13 @@ def compile_errors(templates: dict[str, str | None]) -> tuple[list[dict], dict[s
 
 
 def render_field(source: str, context: dict[str, Any], html: bool = False) -> str:
-    """Render one template for one recipient; raises jinja2.TemplateError on failure."""
-    return _compiled(source, html).render(context)
+    """Render one template for one recipient; raises jinja2.TemplateError on any failure."""
+    try:
+        return _compiled(source, html).render(context)
+    except TemplateError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a template's own runtime error (1/0, "a" + 1) is a template error
+        raise TemplateRuntimeError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def recipient_context(email: str, variables: dict[str, Any] | None) -> dict[str, Any]:

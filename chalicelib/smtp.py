@@ -45,6 +45,11 @@ class Mailer(Protocol):
         ...
 
 
+def xtext(value: str) -> str:
+    """RFC 3461 xtext: what ENVID and ORCPT values must be encoded as."""
+    return "".join(c if 33 <= ord(c) <= 126 and c not in "+=" else f"+{ord(c):02X}" for c in value)
+
+
 def retry_hint(message: str) -> float | None:
     """Seconds a server asked us to wait, if its reply says so."""
     match = _RETRY_HINT.search(message or "")
@@ -60,7 +65,11 @@ def classify(exc: BaseException) -> TemporaryDeliveryError | PermanentDeliveryEr
         exc = exc.recipients[0]
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         reply = f"{exc.code} {exc.message}"
-        if 500 <= exc.code < 600:
+        # Only a refusal of this recipient or of this message is the address's
+        # fault. A 5xx to AUTH, MAIL FROM or the greeting is our relay's problem
+        # (a wrong password, say): retried, and never a reason to suppress anyone.
+        about_recipient = isinstance(exc, (aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPDataError))
+        if 500 <= exc.code < 600 and about_recipient:
             return PermanentDeliveryError(reply, code=exc.code)
         return TemporaryDeliveryError(reply, code=exc.code, retry_after_s=retry_hint(exc.message))
     if isinstance(exc, (TimeoutError, ConnectionError, OSError, aiosmtplib.SMTPException)):
@@ -151,8 +160,8 @@ class SmtpPool:
                 smtp = await self._checkout()
                 mail_options = ["RET=HDRS"]
                 if envelope.envelope_id:
-                    mail_options.append(f"ENVID={envelope.envelope_id}")
-                rcpt_options = ["NOTIFY=SUCCESS,FAILURE,DELAY", f"ORCPT=rfc822;{envelope.recipient}"]
+                    mail_options.append(f"ENVID={xtext(envelope.envelope_id)}")
+                rcpt_options = ["NOTIFY=SUCCESS,FAILURE,DELAY", f"ORCPT=rfc822;{xtext(envelope.recipient)}"]
                 _, reply = await smtp.sendmail(
                     envelope.sender,
                     [envelope.recipient],

@@ -7,11 +7,12 @@ and each bad recipient row, so a client can fix its list in one go.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from email.utils import parseaddr
+from email.utils import getaddresses
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import TemplateError
+from jinja2.exceptions import SecurityError
 
 from chalicelib.errors import InvalidCampaign, PayloadTooLarge
 from chalicelib.rendering import compile_errors, recipient_context, render_field
@@ -69,7 +70,11 @@ def _mailbox(body: dict, name: str, errors: list[dict], required: bool) -> str |
     value = _header_value(body, name, errors, required)
     if value is None:
         return None
-    display, addr = parseaddr(value)
+    addresses = getaddresses([value])
+    if len(addresses) != 1:
+        errors.append({"field": name, "error": "must be exactly one address"})
+        return None
+    _display, addr = addresses[0]
     try:
         normalize_address(addr)
     except EmailNotValidError as exc:
@@ -170,17 +175,17 @@ def _check_variables(
 ) -> None:
     """Refuse recipients that lack a variable a template needs.
 
-    The referenced names come from the template's AST; only a recipient missing
-    one of them is rendered for real, so ``{% if x is defined %}`` guards work
+    The referenced names come from the template's AST; only the first
+    recipient and those missing one of them are rendered for real, so ``{% if x is defined %}`` guards work
     and the common case costs a set difference per row.
     """
     needed = set().union(*names.values()) if names else set()
     needed.discard("email")
-    if not needed:
-        return
     reported = 0
-    for row in rows:
-        if needed.issubset(row.vars):
+    for index, row in enumerate(rows):
+        # The first row is always rendered for real: a template the sandbox
+        # refuses for everyone is caught here, not at send time.
+        if index > 0 and needed.issubset(row.vars):
             continue
         context = recipient_context(row.email, row.vars)
         for field_name, source in sources.items():
@@ -188,7 +193,12 @@ def _check_variables(
                 continue
             try:
                 render_field(source, context, html=field_name == "html")
+            except SecurityError as exc:
+                # The sandbox refuses the template itself, whoever receives it.
+                errors.append({"field": field_name, "error": f"template is not allowed: {exc}"})
+                return
             except TemplateError as exc:
+                # A missing variable, or one of the wrong type: this row's data.
                 reported += 1
                 if reported <= MAX_ROW_ERRORS:
                     errors.append({"row": row.row, "email": row.email, "error": f"{field_name}: {exc}"})

@@ -8,6 +8,7 @@ timeout and redrive policy, and ``concurrency`` pollers invoking in parallel.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import threading
@@ -39,7 +40,8 @@ def lambda_sqs_record(message: dict[str, Any], queue_arn: str, region: str) -> d
         "messageAttributes": {
             name: {
                 "stringValue": value.get("StringValue"),
-                "binaryValue": value.get("BinaryValue"),
+                # Lambda hands binary attributes over as base64 text.
+                "binaryValue": base64.b64encode(value["BinaryValue"]).decode() if "BinaryValue" in value else None,
                 "stringListValues": [],
                 "binaryListValues": [],
                 "dataType": value.get("DataType", "String"),

@@ -5,17 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
 from typing import Any
 
 import pytest
 
-from chalicelib import wiring
-from chalicelib.errors import TemporaryDeliveryError
-from chalicelib.smtp import Envelope
 from infra.local.runtime import LocalRuntime
 from infra.local.sqs_event_source import SqsEventSource
-from tests.support.api import Api
 
 pytestmark = pytest.mark.integration
 
@@ -60,33 +55,3 @@ def test_only_the_failed_record_of_a_batch_comes_back(runtime: LocalRuntime, scr
     again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])["Messages"]
     assert [json.loads(m["Body"])["n"] for m in again] == [3]
     assert again[0]["Attributes"]["ApproximateReceiveCount"] == "2"
-
-
-class RefusingRelay:
-    """A relay that answers every message 451, like a greylisting server that never lets up."""
-
-    def __init__(self) -> None:
-        self.attempts = 0
-
-    def submit(self, envelope: Envelope) -> Future[str]:
-        self.attempts += 1
-        future: Future[str] = Future()
-        future.set_exception(TemporaryDeliveryError("451 4.7.1 try again later", code=451))
-        return future
-
-
-def test_a_poison_job_lands_in_the_dead_letter_queue_after_max_receives(runtime: LocalRuntime, api: Api) -> None:
-    relay = RefusingRelay()
-    with wiring.overridden(mailer=relay):
-        campaign_id = api.create_campaign(1, prefix="poison")["campaign_id"]
-        sqs = runtime.emulator.client("sqs")
-        dlq = runtime.settings.dead_letter_queue_url
-        deadline = time.monotonic() + 120
-        landed: list[dict] = []
-        while time.monotonic() < deadline and not landed:
-            landed = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=1, VisibilityTimeout=0).get("Messages", [])
-            if not landed:
-                time.sleep(0.5)
-        assert landed, "the poison job never reached the DLQ"
-        assert json.loads(landed[0]["Body"]) == {"c": campaign_id, "e": "poison0@example.org"}
-        assert relay.attempts == runtime.config.max_receive_count

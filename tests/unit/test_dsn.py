@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+
 from chalicelib.dsn import DeliveryReport, RecipientReport, parse_delivery_report, xtext_decode
+
+pytestmark = pytest.mark.unit
 
 SAMPLES = Path(__file__).resolve().parents[1] / "events" / "dsn"
 CAMPAIGN = "cmp-01HG7Z3K9Q"

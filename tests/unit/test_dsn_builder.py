@@ -7,8 +7,11 @@ from email import message_from_bytes
 
 import pytest
 
+
 from chalicelib.dsn import DeliveryReport, RecipientReport, parse_delivery_report
 from infra.local.dsn_builder import build_dsn, xtext_encode
+
+pytestmark = pytest.mark.unit
 
 HEADERS = (
     b"From: Newsletter <news@mailpipe.local>\r\n"

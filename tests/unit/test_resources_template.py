@@ -1,0 +1,114 @@
+"""infra/local/template.py reading infra/resources.yaml: names, parameters and event sources.
+
+Reading the template file is the only I/O here; the local runtime builds its resources from
+exactly this parse, so these tests pin what it will create.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chalicelib.settings import Settings
+from infra.local.template import Template
+
+pytestmark = pytest.mark.unit
+
+STACK = "mailpipe-unit"
+
+
+@pytest.fixture(scope="module")
+def template() -> Template:
+    return Template.load(STACK, region="eu-west-1", account_id="111122223333")
+
+
+def test_table_names_substitute_the_stack_name(template: Template) -> None:
+    names = {
+        logical: template.resolve(props["TableName"])
+        for logical, props in template.of_type("AWS::DynamoDB::Table").items()
+    }
+
+    assert names == {
+        "CampaignsTable": f"{STACK}-campaigns",
+        "RecipientsTable": f"{STACK}-recipients",
+        "EventsTable": f"{STACK}-events",
+        "StatsTable": f"{STACK}-stats",
+        "ConnectionsTable": f"{STACK}-connections",
+        "SuppressionsTable": f"{STACK}-suppressions",
+    }
+
+
+def test_table_names_match_what_settings_derive_from_the_stack_prefix(template: Template) -> None:
+    # Globals set TABLE_PREFIX to the stack name; Settings.table_name must land on the same tables.
+    settings = Settings(table_prefix=template.resolve({"Ref": "AWS::StackName"}))
+    names = {template.resolve(p["TableName"]) for p in template.of_type("AWS::DynamoDB::Table").values()}
+
+    for short in ("campaigns", "recipients", "events", "stats", "connections", "suppressions"):
+        assert settings.table_name(short) in names
+
+
+def test_queue_and_topic_names_substitute_the_stack_name(template: Template) -> None:
+    queues = {logical: template.resolve(p["QueueName"]) for logical, p in template.of_type("AWS::SQS::Queue").items()}
+    topics = {logical: template.resolve(p["TopicName"]) for logical, p in template.of_type("AWS::SNS::Topic").items()}
+
+    assert queues == {
+        "ReleaseDeadLetterQueue": f"{STACK}-release-dlq",
+        "ReleaseQueue": f"{STACK}-release",
+        "SendDeadLetterQueue": f"{STACK}-send-dlq",
+        "SendQueue": f"{STACK}-send",
+        "FailedJobsQueue": f"{STACK}-failed-jobs",
+    }
+    assert topics == {"AlertsTopic": f"{STACK}-alerts"}
+
+
+def test_sub_resolves_region_and_account(template: Template) -> None:
+    assert template.resolve({"Fn::Sub": "${AWS::StackName}/${AWS::Region}/${AWS::AccountId}"}) == (
+        f"{STACK}/eu-west-1/111122223333"
+    )
+
+
+@pytest.mark.parametrize(
+    ("handler", "target"),
+    [("send_mail", "SendQueue"), ("release_jobs", "ReleaseQueue"), ("aggregate_recipients", "RecipientsTable")],
+)
+def test_event_source_target(template: Template, handler: str, target: str) -> None:
+    assert template.event_source_target(handler) == target
+
+
+def test_handler_without_an_event_source_has_none(template: Template) -> None:
+    assert template.event_source_target("no_such_handler") is None
+    assert template.event_source_properties("no_such_handler") == {}
+
+
+@pytest.mark.parametrize("handler", ["send_mail", "release_jobs"])
+def test_sqs_handlers_report_batch_item_failures(template: Template, handler: str) -> None:
+    # Chalice never sets this; without it AWS retries whole batches.
+    assert template.event_source_properties(handler)["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_stream_handler_starts_at_trim_horizon(template: Template) -> None:
+    assert template.event_source_properties("aggregate_recipients")["StartingPosition"] == "TRIM_HORIZON"
+
+
+def test_parameters_use_defaults_unless_given() -> None:
+    default = Template.load(STACK)
+    overridden = Template.load(STACK, parameters={"SendVisibilityTimeout": 300})
+
+    visibility = default.of_type("AWS::SQS::Queue")["SendQueue"]["VisibilityTimeout"]
+    assert default.resolve(visibility) == 180
+    assert overridden.resolve(visibility) == 300
+
+
+def test_redrive_policy_resolves_once_the_dlq_exists() -> None:
+    template = Template.load(STACK)
+    dlq_arn = f"arn:aws:sqs:us-east-1:123456789012:{STACK}-send-dlq"
+    template.physical["SendDeadLetterQueue"] = {"Ref": "url", "Arn": dlq_arn}
+
+    policy = template.resolve(template.of_type("AWS::SQS::Queue")["SendQueue"]["RedrivePolicy"])
+
+    assert policy == {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 8}
+
+
+def test_the_send_queue_hides_jobs_longer_than_the_claim_lease(template: Template) -> None:
+    visibility = template.resolve(template.of_type("AWS::SQS::Queue")["SendQueue"]["VisibilityTimeout"])
+
+    assert visibility > Settings().claim_lease_s
