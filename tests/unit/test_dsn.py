@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-
 from chalicelib.dsn import DeliveryReport, RecipientReport, parse_delivery_report, xtext_decode
 
 pytestmark = pytest.mark.unit

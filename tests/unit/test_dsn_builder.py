@@ -7,7 +7,6 @@ from email import message_from_bytes
 
 import pytest
 
-
 from chalicelib.dsn import DeliveryReport, RecipientReport, parse_delivery_report
 from infra.local.dsn_builder import build_dsn, xtext_encode
 
