@@ -315,7 +315,9 @@ class LocalRuntime:
             source.start()
 
     def _start_scheduler(self) -> None:
-        scheduled = [s for s in self.app.event_sources if type(s).__name__ == "CloudWatchEventConfig"]
+        scheduled = [
+            s for s in self.app.event_sources if type(s).__name__ in ("ScheduledEventConfig", "CloudWatchEventConfig")
+        ]
         if not scheduled:
             return
 

@@ -24,7 +24,8 @@ def test_a_thousand_recipient_campaign_delivers_each_mail_exactly_once(runtime: 
     campaign = api.wait_until_done(campaign_id, timeout_s=400)
 
     assert campaign["status"] == "completed"
-    assert campaign["counts"]["sent"] == 1000
+    # Delivery reports from the stand-in may already have moved some on to delivered.
+    assert campaign["counts"]["sent"] + campaign["counts"]["delivered"] == 1000
     assert sum(campaign["counts"].values()) == 1000
     mail = [m for m in accepted_messages(runtime.maildir_root) if m["X-Mailpipe-Campaign"] == campaign_id]
     assert len(mail) == 1000
@@ -39,7 +40,7 @@ def test_a_thousand_recipient_campaign_delivers_each_mail_exactly_once(runtime: 
         assert f"Hi N{i}" in msg.get_content()
     recipients = api.all_recipients(campaign_id)
     assert len(recipients) == 1000
-    assert {r["status"] for r in recipients} == {"sent"}
+    assert {r["status"] for r in recipients} <= {"sent", "delivered"}
     assert all(r["attempts"] == 1 and r["last_reply"].startswith("250") for r in recipients)
 
 
@@ -64,15 +65,17 @@ def test_a_redelivered_job_is_not_sent_twice(runtime: LocalRuntime, api: Api) ->
 
     assert len(accepted_messages(runtime.maildir_root)) == before
     (recipient,) = [r for r in api.all_recipients(campaign_id) if r["email"] == "redeliver0@example.org"]
-    assert recipient["status"] == "sent" and recipient["attempts"] == 1
+    assert recipient["status"] in ("sent", "delivered") and recipient["attempts"] == 1
 
 
 def test_the_recipient_listing_filters_by_status_and_paginates(api: Api) -> None:
     campaign_id = api.create_campaign(7, prefix="page")["campaign_id"]
     api.wait_until_done(campaign_id)
-    status, first = api.call("GET", f"/campaigns/{campaign_id}/recipients?status=sent&limit=4")
+    status, first = api.call("GET", f"/campaigns/{campaign_id}/recipients?status=sent,delivered&limit=4")
     assert status == 200 and len(first["recipients"]) == 4 and first["next"]
-    status, second = api.call("GET", f"/campaigns/{campaign_id}/recipients?status=sent&limit=4&next={first['next']}")
+    status, second = api.call(
+        "GET", f"/campaigns/{campaign_id}/recipients?status=sent,delivered&limit=4&next={first['next']}"
+    )
     emails = {r["email"] for r in first["recipients"] + second["recipients"]}
     assert len(emails) == 7
     status, none = api.call("GET", f"/campaigns/{campaign_id}/recipients?status=bounced")
