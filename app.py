@@ -6,7 +6,7 @@ from typing import Any
 
 from chalice import AuthResponse, Chalice, Rate
 
-from chalicelib import aggregation, api, dead_letters, reports, wiring
+from chalicelib import api, dead_letters, realtime, reports, wiring
 from chalicelib.auth import bearer_token, verify_token
 from chalicelib.errors import Unauthorized
 from chalicelib.release import ChunkJob
@@ -22,6 +22,7 @@ RELEASE_QUEUE = _PLACEHOLDER.format(service="sqs", name="mailpipe-release")
 SEND_QUEUE = _PLACEHOLDER.format(service="sqs", name="mailpipe-send")
 SEND_DLQ = _PLACEHOLDER.format(service="sqs", name="mailpipe-send-dlq")
 RECIPIENTS_STREAM = _PLACEHOLDER.format(service="dynamodb", name="table/mailpipe-recipients/stream/placeholder")
+EVENTS_STREAM = _PLACEHOLDER.format(service="dynamodb", name="table/mailpipe-events/stream/placeholder")
 
 
 @app.authorizer()
@@ -81,6 +82,46 @@ def redrive_dead_letters() -> Any:
     return api.redrive_dead_letters(app.current_request, wiring.settings())
 
 
+@app.route("/campaigns/{campaign_id}/stats", methods=["GET"], authorizer=token_authorizer, cors=True)
+def campaign_stats(campaign_id: str) -> Any:
+    return api.live_stats(app.current_request, campaign_id, wiring.settings())
+
+
+@app.route("/campaigns/{campaign_id}/pause", methods=["POST"], authorizer=token_authorizer, cors=True)
+def pause_campaign(campaign_id: str) -> Any:
+    wiring.settings()
+    return api.pause(app.current_request, campaign_id)
+
+
+@app.route("/campaigns/{campaign_id}/resume", methods=["POST"], authorizer=token_authorizer, cors=True)
+def resume_campaign(campaign_id: str) -> Any:
+    return api.resume(app.current_request, campaign_id, wiring.settings())
+
+
+@app.route("/", methods=["GET"])
+@app.route("/dashboard", methods=["GET"])
+def dashboard() -> Any:
+    return api.dashboard(wiring.settings())
+
+
+@app.on_ws_connect()
+def websocket_connect(event: Any) -> Any:
+    """Accept a dashboard whose ``?token=`` verifies (browsers cannot set headers on upgrades)."""
+    return api.websocket_connect(event.to_dict(), wiring.settings())
+
+
+@app.on_ws_message()
+def websocket_message(event: Any) -> None:
+    """Subscribe to or unsubscribe from one of the caller's campaigns."""
+    api.websocket_message(event.connection_id, event.body, wiring.settings(), wiring.live_sink())
+
+
+@app.on_ws_disconnect()
+def websocket_disconnect(event: Any) -> None:
+    wiring.settings()
+    realtime.disconnect(event.connection_id)
+
+
 @app.on_sqs_message(queue_arn=RELEASE_QUEUE, batch_size=1)
 def release_jobs(event: Any) -> None:
     """Turn chunk jobs into paced per-recipient send jobs."""
@@ -98,7 +139,13 @@ def send_mail(event: Any) -> dict:
 @app.on_dynamodb_record(stream_arn=RECIPIENTS_STREAM, batch_size=100, maximum_batching_window_in_seconds=1)
 def aggregate_recipients(event: Any) -> None:
     """Count recipient transitions into the campaign's stats and status."""
-    aggregation.aggregate_recipient_records(event.to_dict()["Records"], wiring.settings())
+    wiring.aggregator().on_recipient_records(event.to_dict()["Records"])
+
+
+@app.on_dynamodb_record(stream_arn=EVENTS_STREAM, batch_size=100, maximum_batching_window_in_seconds=1)
+def aggregate_events(event: Any) -> None:
+    """Count engagement events (opens, clicks, replies, reports) into the campaign's stats."""
+    wiring.aggregator().on_event_records(event.to_dict()["Records"])
 
 
 @app.on_sqs_message(queue_arn=SEND_DLQ, batch_size=10)

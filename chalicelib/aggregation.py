@@ -1,8 +1,9 @@
-"""The stream aggregator: recipient transitions in, campaign counters and status out.
+"""The stream aggregator: recipient transitions in; counters, status, alerts and pushes out.
 
 Lambda hands us DynamoDB stream records; each carries the recipient's old and
 new image, so a status change is counted exactly once per transition — the
-sender never writes analytics itself.
+sender never writes analytics itself. After a batch is applied, the campaign's
+subscribers get the new figures; a push failure never stops the counting.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import stats
+from chalicelib import alerts, stats
+from chalicelib.live import stats_payload
 from chalicelib.models import COMPLETED, COMPLETED_WITH_FAILURES, PAUSED, Campaign
+from chalicelib.realtime import LiveSink, broadcast
 from chalicelib.settings import Settings
-from chalicelib.stats import Applied, Transition
+from chalicelib.stats import Applied, EngagementEvent, Transition
 from chalicelib.timeutil import now_iso
 
 logger = logging.getLogger(__name__)
@@ -54,6 +58,21 @@ def transitions_from(records: Iterable[dict[str, Any]]) -> list[Transition]:
     return out
 
 
+def engagement_from(records: Iterable[dict[str, Any]]) -> list[EngagementEvent]:
+    """New engagement events in a Lambda DynamoDB-stream event of the events table."""
+    out = []
+    for record in records:
+        data = record.get("dynamodb") or {}
+        if record.get("eventName") != "INSERT" or "SequenceNumber" not in data:
+            continue
+        image = data.get("NewImage") or {}
+        campaign = (image.get("campaign_id") or {}).get("S")
+        kind = (image.get("type") or {}).get("S")
+        if campaign and kind:
+            out.append(EngagementEvent(campaign, str(data["SequenceNumber"]), kind))
+    return out
+
+
 def update_campaign_status(applied: Applied) -> None:
     """Carry a derived status change over to the campaign item.
 
@@ -76,9 +95,53 @@ def update_campaign_status(applied: Applied) -> None:
             raise
 
 
-def aggregate_recipient_records(records: list[dict[str, Any]], settings: Settings) -> list[Applied]:
-    """Apply one stream batch; returns what changed, per campaign."""
-    applied = stats.apply_transitions(transitions_from(records), settings)
-    for result in applied:
-        update_campaign_status(result)
-    return applied
+class Aggregator:
+    """Applies stream batches and tells the campaign's viewers."""
+
+    def __init__(self, settings: Settings, sink: LiveSink | None) -> None:
+        self.settings = settings
+        self.sink = sink
+
+    def on_recipient_records(self, records: list[dict[str, Any]]) -> list[Applied]:
+        """Apply one recipients-stream batch; returns what changed, per campaign."""
+        applied = stats.apply_transitions(transitions_from(records), self.settings)
+        for result in applied:
+            update_campaign_status(result)
+            status = self._check_alerts(result)
+            self._push(
+                stats_payload(
+                    result.campaign_id,
+                    status,
+                    result.total,
+                    result.counts,
+                    {"minute": result.minute, **result.minute_counts} if result.minute else None,
+                    now_iso(),
+                )
+            )
+        return applied
+
+    def on_event_records(self, records: list[dict[str, Any]]) -> list[str]:
+        """Apply one events-stream batch (engagement counters)."""
+        return stats.apply_engagement(engagement_from(records), self.settings)
+
+    def _check_alerts(self, result: Applied) -> str:
+        try:
+            campaign = Campaign.get(result.campaign_id)
+        except Campaign.DoesNotExist:
+            return result.status
+        status = campaign.status
+        if status in (COMPLETED, COMPLETED_WITH_FAILURES, PAUSED):
+            return status
+        for alert in alerts.crossed(campaign, result.counts, self.settings):
+            if alerts.fire(alert, self.settings):
+                status = PAUSED
+                self._push(alert.payload(PAUSED))
+        return status
+
+    def _push(self, payload: dict[str, Any]) -> None:
+        if self.sink is None:
+            return
+        try:
+            broadcast(payload["campaign_id"], payload, self.sink)
+        except (BotoCoreError, ClientError, OSError):
+            logger.exception("live update for %s not pushed", payload["campaign_id"])

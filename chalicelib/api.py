@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from chalice import Response
 
-from chalicelib import campaigns, dead_letters
+from chalicelib import campaigns, dead_letters, realtime
 from chalicelib.auth import ADMIN, READ, WRITE, Principal
 from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, PayloadTooLarge, Unauthorized
 from chalicelib.pagination import parse_limit
@@ -23,6 +24,7 @@ from chalicelib.validation import parse_campaign_request
 logger = logging.getLogger(__name__)
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+DASHBOARD = Path(__file__).parent / "dashboard" / "index.html"
 
 
 def json_response(status: int, body: Any) -> Response:
@@ -138,3 +140,52 @@ def peek_dead_letters(request: Any, settings: Settings) -> Response:
 def redrive_dead_letters(request: Any, settings: Settings) -> Response:
     """POST /dlq/redrive (admin)."""
     return respond(request, ADMIN, lambda p: (202, dead_letters.redrive(p.tenant, settings)))
+
+
+def pause(request: Any, campaign_id: str) -> Response:
+    """POST /campaigns/{id}/pause."""
+    return respond(request, WRITE, lambda p: (200, campaigns.pause(campaigns.get_owned(p, campaign_id))))
+
+
+def resume(request: Any, campaign_id: str, settings: Settings) -> Response:
+    """POST /campaigns/{id}/resume."""
+    return respond(request, WRITE, lambda p: (200, campaigns.resume(campaigns.get_owned(p, campaign_id), settings)))
+
+
+def live_stats(request: Any, campaign_id: str, settings: Settings) -> Response:
+    """GET /campaigns/{id}/stats."""
+    return respond(request, READ, lambda p: (200, campaigns.live_stats(campaigns.get_owned(p, campaign_id), settings)))
+
+
+def dashboard(settings: Settings) -> Response:
+    """GET /dashboard: the page, told where the WebSocket API is."""
+    page = DASHBOARD.read_text(encoding="utf-8").replace("__MAILPIPE_WS_URL__", settings.websocket_url)
+    return Response(body=page, status_code=200, headers={"Content-Type": "text/html; charset=utf-8"})
+
+
+def websocket_connect(event: dict[str, Any], settings: Settings) -> Response | None:
+    """$connect: None accepts; a 401/403 response refuses the upgrade."""
+    context = event.get("requestContext") or {}
+    try:
+        realtime.connect(
+            context.get("connectionId", ""),
+            event.get("queryStringParameters") or {},
+            realtime.endpoint_from(context),
+            settings,
+        )
+    except Unauthorized:
+        return Response(body="Unauthorized", status_code=401)
+    except Forbidden:
+        return Response(body="Forbidden", status_code=403)
+    return None
+
+
+def websocket_message(connection_id: str, body: str | None, settings: Settings, sink: Any) -> None:
+    """$default: answer the subscription request, then send the current figures."""
+    reply = realtime.handle_message(connection_id, body, settings)
+    if sink is None:
+        return
+    sink.push(connection_id, reply)
+    if reply.get("type") == "subscribed":
+        campaign = campaigns.Campaign.get(reply["campaign_id"])
+        sink.push(connection_id, campaigns.live_stats(campaign, settings))

@@ -9,12 +9,15 @@ from pynamodb.exceptions import UpdateError
 
 from chalicelib import stats
 from chalicelib.auth import Principal
-from chalicelib.errors import InvalidCampaign, NotFound
+from chalicelib.errors import Conflict, InvalidCampaign, NotFound
+from chalicelib.live import stats_payload
 from chalicelib.models import (
     CAMPAIGN_SENDING,
     COMPLETED,
     COMPLETED_WITH_FAILURES,
+    DEFERRED,
     FAILED,
+    PAUSED,
     PENDING,
     QUEUED,
     RECIPIENT_STATES,
@@ -49,6 +52,9 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         status=QUEUED,
         total=len(emails),
         duplicates_dropped=request.duplicates_dropped,
+        alert_bounce_rate=request.alerts.get("bounce_rate"),
+        alert_failure_rate=request.alerts.get("failure_rate"),
+        alert_min_sends=request.alerts.get("min_sends"),
         created_at=created,
         updated_at=created,
     )
@@ -212,3 +218,70 @@ def reopen_campaign(campaign_id: str) -> None:
     except UpdateError as exc:
         if exc.cause_response_code != "ConditionalCheckFailedException":
             raise
+
+
+def pause(campaign: Campaign) -> dict[str, Any]:
+    """Stop sending: senders acknowledge the campaign's jobs without sending; nothing is lost."""
+    try:
+        campaign.update(
+            actions=[
+                Campaign.status.set(PAUSED),
+                Campaign.paused_reason.set("paused by the user"),
+                Campaign.updated_at.set(now_iso()),
+            ],
+            condition=Campaign.status.is_in(QUEUED, CAMPAIGN_SENDING),
+        )
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        raise Conflict(f"a {campaign.status} campaign cannot be paused") from exc
+    return {"campaign_id": campaign.campaign_id, "status": PAUSED}
+
+
+def resume(campaign: Campaign, settings: Settings) -> dict[str, Any]:
+    """Send again: every recipient still open is released once more.
+
+    Jobs acknowledged while paused are gone, so each pending or deferred
+    recipient gets a new job; one whose old job is still queued simply finds
+    the claim taken or the mail sent — the claim guarantees a single send.
+    """
+    try:
+        campaign.update(
+            actions=[
+                Campaign.status.set(CAMPAIGN_SENDING),
+                Campaign.paused_reason.remove(),
+                Campaign.updated_at.set(now_iso()),
+            ],
+            condition=Campaign.status == PAUSED,
+        )
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        raise Conflict(f"a {campaign.status} campaign cannot be resumed") from exc
+    open_emails = [
+        r.email
+        for state in (PENDING, DEFERRED)
+        for r in Recipient.status_index.query(campaign.campaign_id, Recipient.status == state)
+    ]
+    if open_emails:
+        enqueue_release(campaign.campaign_id, open_emails, settings)
+    return {"campaign_id": campaign.campaign_id, "status": CAMPAIGN_SENDING, "requeued": len(open_emails)}
+
+
+def live_stats(campaign: Campaign, settings: Settings) -> dict[str, Any]:
+    """GET /campaigns/{id}/stats: the live payload plus the per-minute series and alerts."""
+    totals = stats.read_totals(campaign.campaign_id, settings)
+    series = stats.read_series(campaign.campaign_id, settings)
+    payload = stats_payload(
+        campaign.campaign_id,
+        campaign.status,
+        int(campaign.total),
+        {k: int(v) for k, v in totals.items() if isinstance(v, int)},
+        series[-1] if series else None,
+        str(totals.get("updated_at") or campaign.updated_at or ""),
+    )
+    payload["series"] = series
+    payload["alerts"] = sorted(campaign.alerts_fired or [])
+    payload["paused_reason"] = campaign.paused_reason
+    payload["engagement"] = {k[3:]: v for k, v in totals.items() if k.startswith("ev_")}
+    return payload

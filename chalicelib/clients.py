@@ -41,10 +41,13 @@ def aws_client(service: str, settings: Settings | None = None) -> Any:
     return _client(service, settings, settings.endpoint)
 
 
-def management_client(settings: Settings | None = None) -> Any:
-    """The API Gateway Management API client that pushes to WebSocket connections."""
-    settings = settings or get_settings()
-    return _client("apigatewaymanagementapi", settings, settings.websocket_management_url or None)
+def management_client(settings: Settings, endpoint: str | None = None) -> Any:
+    """The API Gateway Management API client for an @connections endpoint.
+
+    ``WEBSOCKET_MANAGEMENT_URL`` wins when set (the local runtime serves
+    @connections on a port of its own); otherwise the connection's endpoint.
+    """
+    return _client("apigatewaymanagementapi", settings, settings.websocket_management_url or endpoint)
 
 
 def ensure_models(settings: Settings | None = None) -> None:

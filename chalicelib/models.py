@@ -12,6 +12,7 @@ from pynamodb.attributes import (
     ListAttribute,
     NumberAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
 )
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, LocalSecondaryIndex
 from pynamodb.models import Model
@@ -70,6 +71,12 @@ class Campaign(Model):
     status = UnicodeAttribute(default=QUEUED)
     total = NumberAttribute(default=0)
     duplicates_dropped = NumberAttribute(default=0)
+    # Alert thresholds (None: the settings' defaults) and which alerts already fired.
+    alert_bounce_rate = NumberAttribute(null=True)
+    alert_failure_rate = NumberAttribute(null=True)
+    alert_min_sends = NumberAttribute(null=True)
+    alerts_fired = UnicodeSetAttribute(null=True)
+    paused_reason = UnicodeAttribute(null=True)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute(null=True)
     tenant_index = TenantCreatedIndex()
@@ -154,6 +161,10 @@ class Connection(Model):
     tenant = UnicodeAttribute()
     campaign_id = UnicodeAttribute(null=True)
     expires_at = NumberAttribute(null=True)
+    # The @connections endpoint of the API the connection came through
+    # (https://{domainName}/{stage}); taken from the $connect event, because the
+    # functions cannot name their own WebSocket API in the template without a cycle.
+    endpoint = UnicodeAttribute(null=True)
     campaign_index = CampaignSubscribers()
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.clients import aws_client
+from chalicelib.models import PAUSED, Campaign
 from chalicelib.queues import SQS_BATCH, Queue
 from chalicelib.settings import Settings
 
@@ -113,7 +114,9 @@ class Releaser:
         max_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        is_paused: Callable[[str], bool] = lambda campaign_id: False,
     ) -> None:
+        self.is_paused = is_paused
         self.send_queue = send_queue
         self.release_queue = release_queue
         self.pacer = pacer
@@ -129,6 +132,8 @@ class Releaser:
         release queue as a new chunk, so a paced campaign never holds a worker
         longer than ``max_seconds`` and nothing is dropped.
         """
+        if self.is_paused(job.campaign_id):
+            return 0  # its recipients stay open; resume releases them again
         remaining = list(job.emails)
         released = 0
         deadline = self.clock() + self.max_seconds
@@ -168,4 +173,12 @@ def build_releaser(settings: Settings) -> Releaser:
         pacer,
         settings.send_queue_max_depth,
         settings.release_max_seconds,
+        is_paused=_campaign_paused,
     )
+
+
+def _campaign_paused(campaign_id: str) -> bool:
+    try:
+        return Campaign.get(campaign_id).status == PAUSED
+    except Campaign.DoesNotExist:
+        return True  # nothing to send for a campaign that is gone

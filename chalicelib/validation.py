@@ -43,6 +43,7 @@ class CampaignRequest:
     reply_to: str | None
     recipients: tuple[RecipientRow, ...]
     duplicates_dropped: int
+    alerts: dict[str, float] = field(default_factory=dict)  # bounce_rate, failure_rate, min_sends
 
 
 def normalize_address(raw: str) -> str:
@@ -113,6 +114,7 @@ def parse_campaign_request(body: Any, max_recipients: int) -> CampaignRequest:
     template_errors, names = compile_errors({"subject": subject, **bodies})
     errors.extend(template_errors)
 
+    alerts = _parse_alerts(body.get("alerts"), errors)
     rows, duplicates = _parse_recipients(body.get("recipients"), max_recipients, errors)
     if not template_errors:
         _check_variables(rows, names, {"subject": subject, **bodies}, errors)
@@ -127,7 +129,32 @@ def parse_campaign_request(body: Any, max_recipients: int) -> CampaignRequest:
         reply_to=reply_to,
         recipients=tuple(rows),
         duplicates_dropped=duplicates,
+        alerts=alerts,
     )
+
+
+def _parse_alerts(raw: Any, errors: list[dict]) -> dict[str, float]:
+    """Optional per-campaign alert thresholds: rates in (0, 1], min_sends a positive integer."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.append({"field": "alerts", "error": "must be an object"})
+        return {}
+    alerts: dict[str, float] = {}
+    for name, value in raw.items():
+        if name in ("bounce_rate", "failure_rate"):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+                alerts[name] = float(value)
+            else:
+                errors.append({"field": f"alerts.{name}", "error": "must be a number in (0, 1]"})
+        elif name == "min_sends":
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+                alerts[name] = value
+            else:
+                errors.append({"field": "alerts.min_sends", "error": "must be a positive integer"})
+        else:
+            errors.append({"field": f"alerts.{name}", "error": "unknown alert"})
+    return alerts
 
 
 def _parse_recipients(raw: Any, max_recipients: int, errors: list[dict]) -> tuple[list[RecipientRow], int]:

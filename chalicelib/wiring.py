@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from chalicelib.aggregation import Aggregator
 from chalicelib.clients import aws_client, ensure_models
 from chalicelib.queues import Queue
+from chalicelib.realtime import ConnectionsApi, LiveSink
 from chalicelib.release import Releaser, build_releaser
 from chalicelib.sending import Sender
 from chalicelib.settings import Settings, get_settings
@@ -65,6 +67,18 @@ def _drop_services() -> None:
         _services.clear()
     if isinstance(pool, SmtpPool):
         pool.close()
+
+
+def aggregator() -> Aggregator:
+    """The stream aggregator of this container, pushing to WebSocket viewers when configured."""
+    s = settings()
+    return _cached("aggregator", lambda: Aggregator(s, live_sink()))
+
+
+def live_sink() -> LiveSink:
+    """Where live updates go: API Gateway's @connections API."""
+    s = settings()
+    return _cached("live_sink", lambda: ConnectionsApi(s))
 
 
 def override(**services: Any) -> None:
