@@ -108,16 +108,19 @@ class Aggregator:
         for result in applied:
             update_campaign_status(result)
             status = self._check_alerts(result)
-            self._push(
-                stats_payload(
-                    result.campaign_id,
-                    status,
-                    result.total,
-                    result.counts,
-                    {"minute": result.minute, **result.minute_counts} if result.minute else None,
-                    now_iso(),
-                )
+            # Whole buckets, not this batch's increments: a viewer replaces a
+            # minute with what it is sent.
+            series = stats.read_minutes(result.campaign_id, result.minutes, self.settings)
+            payload = stats_payload(
+                result.campaign_id,
+                status,
+                result.total,
+                result.counts,
+                series[-1] if series else None,
+                result.updated_at,
             )
+            payload["series"] = series
+            self._push(payload)
         return applied
 
     def on_event_records(self, records: list[dict[str, Any]]) -> list[str]:

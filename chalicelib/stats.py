@@ -111,6 +111,23 @@ def read_series(campaign_id: str, settings: Settings, limit: int = 180) -> list[
     return rows
 
 
+def read_minutes(campaign_id: str, minutes: list[str] | tuple[str, ...], settings: Settings) -> list[dict[str, Any]]:
+    """Whole per-minute buckets (every series state, zero when absent), oldest first."""
+    if not minutes:
+        return []
+    result = aws_client("dynamodb", settings).batch_get_item(
+        RequestItems={
+            _table(settings): {
+                "Keys": [{"campaign_id": {"S": campaign_id}, "bucket": {"S": f"m#{m}"}} for m in minutes[-100:]],
+                "ConsistentRead": True,
+            }
+        }
+    )
+    rows = [_plain(item) for item in result.get("Responses", {}).get(_table(settings), [])]
+    by_minute = {row["bucket"][2:]: row for row in rows}
+    return [{"minute": m, **{s: int(by_minute.get(m, {}).get(s, 0)) for s in SERIES_STATES}} for m in sorted(minutes)]
+
+
 def derive_status(counts: dict[str, int], total: int, current: str) -> str:
     """The campaign status its counters imply.
 
@@ -141,6 +158,8 @@ class Applied:
     minute: str | None
     minute_counts: dict[str, int]
     tenant: str
+    minutes: tuple[str, ...] = ()  # every minute bucket this batch touched
+    updated_at: str = ""
 
 
 def apply_transitions(transitions: Iterable[Transition], settings: Settings) -> list[Applied]:
@@ -185,7 +204,8 @@ def _apply_campaign(campaign_id: str, items: list[Transition], settings: Setting
         status = derive_status(counts, total, previous_status)
         newest = max(padded(t.sequence) for t in fresh)
         names = {"#seq": "seq_recipients", "#st": "status", "#u": "updated_at"}
-        values: dict[str, Any] = {":seq": {"S": newest}, ":st": {"S": status}, ":u": {"S": now_iso()}}
+        updated_at = now_iso()
+        values: dict[str, Any] = {":seq": {"S": newest}, ":st": {"S": status}, ":u": {"S": updated_at}}
         adds = []
         for i, (state, delta) in enumerate(sorted(deltas.items())):
             if delta:
@@ -238,6 +258,8 @@ def _apply_campaign(campaign_id: str, items: list[Transition], settings: Setting
             minute=latest_minute,
             minute_counts=dict(minutes[latest_minute]) if latest_minute else {},
             tenant=str(current.get("tenant", "")),
+            minutes=tuple(sorted(minutes)),
+            updated_at=updated_at,
         )
     raise RuntimeError(f"could not apply stream batch for campaign {campaign_id}: too much contention")
 

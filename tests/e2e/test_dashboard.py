@@ -1,0 +1,220 @@
+"""The dashboard in a real browser against the whole local pipeline.
+
+Debian's Chromium drives the page served at ``/dashboard``: a 400 shows the bad
+row, a created campaign is watched live over the WebSocket until every recipient
+is sent or delivered — without the page ever reloading — and no uncaught script
+error happens on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+from infra.local.runtime import LocalRuntime
+from tests.conftest import start_runtime
+from tests.support.api import token
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+LIVE_TIMEOUT_MS = 120_000
+N_RECIPIENTS = 25
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
+    """The real local runtime: REST API, WebSocket gateway, senders, aggregator, SMTP stand-in."""
+    runtime = start_runtime(tmp_path_factory.mktemp("e2e"))
+    try:
+        yield runtime
+    finally:
+        runtime.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+class PageErrors:
+    """Uncaught exceptions and console errors a page reports."""
+
+    def __init__(self, page: Page) -> None:
+        self.uncaught: list[str] = []
+        self.console: list[str] = []
+        page.on("pageerror", lambda exc: self.uncaught.append(str(exc)))
+        page.on("console", self._on_console)
+
+    def _on_console(self, msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            self.console.append(msg.text)
+
+    def check(self, allowed_http: tuple[int, ...] = ()) -> None:
+        """Fail on any uncaught error, and on console errors other than the expected HTTP statuses.
+
+        Chromium logs every non-2xx fetch as "Failed to load resource: … status of N"; a
+        test that provokes a 400 on purpose allows that one.
+        """
+        assert not self.uncaught, f"uncaught JS errors: {self.uncaught}"
+        unexpected = [text for text in self.console if not any(f"status of {code} " in text for code in allowed_http)]
+        assert not unexpected, f"console errors: {unexpected}"
+
+
+@pytest.fixture
+def dashboard(rt: LocalRuntime, browser: Browser) -> Iterator[tuple[Page, PageErrors]]:
+    """A fresh browser context on the dashboard, the token given in the query string."""
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors = PageErrors(page)
+    page.goto(rt.api_url + "/dashboard?token=" + token("e2e-tenant"))
+    expect(page.locator("#campaign-form")).to_be_visible()
+    try:
+        yield page, errors
+    finally:
+        context.close()
+
+
+def fill_campaign(page: Page, name: str, recipients: str) -> None:
+    page.fill("#c-name", name)
+    page.fill("#c-from", "News <news@example.com>")
+    page.fill("#c-subject", "Hello {{ name }}")
+    page.fill("#c-text", "Hi {{ name }}, this is mail for {{ email }}.")
+    page.fill("#c-html", "<p>Hi <b>{{ name }}</b></p>")
+    page.fill("#c-recipients", recipients)
+
+
+def load_marker(page: Page) -> dict[str, Any]:
+    return page.evaluate(
+        """() => ({
+            marker: window.__mailpipeLoadId,
+            navigations: performance.getEntriesByType("navigation").length,
+            timeOrigin: performance.timeOrigin,
+        })"""
+    )
+
+
+def test_invalid_recipient_row_is_shown(dashboard: tuple[Page, PageErrors]) -> None:
+    page, errors = dashboard
+    fill_campaign(page, "e2e invalid", "email,name\nada@example.org,Ada\nnot-an-address,Bob\ncy@example.org,Cy\n")
+    page.click("#c-submit")
+
+    form_errors = page.locator("#form-errors")
+    expect(form_errors).to_contain_text("not-an-address")
+    # The row is named the way the user wrote it: the third line of the pasted text.
+    expect(form_errors).to_contain_text("line 3")
+    expect(page.locator("#c-recipients")).to_have_attribute("aria-invalid", "true")
+    # Nothing was created, so nothing is being watched.
+    expect(page.locator("#watch-body")).to_be_hidden()
+    errors.check(allowed_http=(400,))
+
+
+def test_campaign_is_watched_live_until_every_recipient_is_sent(
+    dashboard: tuple[Page, PageErrors], rt: LocalRuntime
+) -> None:
+    page, errors = dashboard
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    before = load_marker(page)
+
+    rows = "\n".join(f"e2e-user{i}@example.org,Person {i}" for i in range(N_RECIPIENTS))
+    fill_campaign(page, "e2e live", "email,name\n" + rows)
+    expect(page.locator("#c-count")).to_have_text(f"{N_RECIPIENTS} recipients")
+    page.click("#c-submit")
+
+    expect(page.locator("#form-result")).to_contain_text(f"{N_RECIPIENTS} queued")
+    expect(page.locator("#form-errors")).to_be_empty()
+    expect(page.locator("#watch-body")).to_be_visible()
+    # The new campaign is listed and selected.
+    expect(page.locator("#campaign-list button.active")).to_contain_text("e2e live")
+
+    # Live: the socket is open and subscribed...
+    expect(page.locator("#ws-state")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    # ...and the counters reach the total with no reload.
+    page.wait_for_function(
+        """(n) => {
+            const v = (id) => Number(document.getElementById(id).textContent);
+            return v("count-sent") + v("count-delivered") === n;
+        }""",
+        arg=N_RECIPIENTS,
+        timeout=LIVE_TIMEOUT_MS,
+        polling=200,
+    )
+    progress = page.locator("#progress")
+    expect(progress).to_have_attribute("data-done", str(N_RECIPIENTS), timeout=LIVE_TIMEOUT_MS)
+    expect(progress).to_have_attribute("data-total", str(N_RECIPIENTS))
+    expect(page.locator("#watch-status")).to_have_attribute("data-status", "completed", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#ws-state")).to_have_text("live")
+    for state in ("pending", "sending", "deferred", "bounced", "failed", "suppressed"):
+        expect(page.locator(f"#count-{state}")).to_have_text("0")
+    expect(page.locator("#rate-delivery")).to_have_text("100.0%")
+    expect(page.locator("#rate-bounce")).to_have_text("0.0%")
+    expect(page.locator("#rate-failure")).to_have_text("0.0%")
+
+    # The figures came over the WebSocket, and the per-minute chart has every send.
+    assert page.evaluate("window.mailpipeDashboard.pushes()") > 0, "no stats message was pushed"
+    # Each pushed "minute" replaces that minute's bucket, so the buckets must add up to every send.
+    try:
+        page.wait_for_function(
+            """(n) => window.mailpipeDashboard.watched().buckets.reduce((a, b) => a + b.sent, 0) === n""",
+            arg=N_RECIPIENTS,
+            timeout=LIVE_TIMEOUT_MS,
+        )
+    except PlaywrightTimeoutError:
+        buckets = page.evaluate("window.mailpipeDashboard.watched().buckets")
+        raise AssertionError(
+            f"the per-minute buckets do not add up to {N_RECIPIENTS} sends: {buckets} "
+            "(a pushed stats message's `minute` must be the bucket's totals, not the batch's increments)"
+        ) from None
+    chart_has_bars = page.evaluate(
+        """() => {
+            const c = document.getElementById("chart");
+            const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+            // Any pixel of the "sent" or "delivered" colour (blue or green dominant).
+            for (let i = 0; i < data.length; i += 4) {
+                const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
+                if (a > 200 && ((b > 200 && r < 80) || (g > 140 && r < 60 && b < 120))) return true;
+            }
+            return false;
+        }"""
+    )
+    assert chart_has_bars, "the per-minute chart drew no bars"
+
+    # The recipients view lists them, one page of 50 at most.
+    page.select_option("#r-status", "")
+    page.click("#r-load")
+    expect(page.locator("#recipients-table tbody tr")).to_have_count(N_RECIPIENTS)
+    expect(page.locator("#recipients-table")).to_contain_text("e2e-user0@example.org")
+
+    # Never reloaded: same document, same load marker, one navigation entry, no second load.
+    after = load_marker(page)
+    assert after == before, (before, after)
+    assert before["navigations"] == 1
+    assert loads == [], f"the page loaded again: {loads}"
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    errors.check()
