@@ -9,7 +9,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet --upgrade 'pip<26.3'  # chalice 1.34 wants pip < 26.3
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
 	touch $@
 
