@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -82,7 +83,7 @@ class Tally:
 
     calls: Counter[CallKey] = field(default_factory=Counter)  # API calls (before-call)
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)  # HTTP attempts incl. retries (before-send)
-    errors: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # error replies by code (after-call)
+    errors: Counter[CallKey] = field(default_factory=Counter)  # (component, service, 'Op Code') (after-call)
     seconds: Counter[tuple[str, str]] = field(default_factory=Counter)  # wall time inside calls, summed over threads
 
     def __sub__(self, other: Tally) -> Tally:
@@ -122,7 +123,7 @@ class Tally:
                 {"component": c, "service": s, "operation": o, "count": n} for (c, s, o), n in self.calls.items()
             ],
             "attempts": [{"service": s, "operation": o, "count": n} for (s, o), n in self.attempts.items()],
-            "errors": [{"service": s, "operation": o, "code": e, "count": n} for (s, o, e), n in self.errors.items()],
+            "errors": [{"component": c, "service": s, "error": e, "count": n} for (c, s, e), n in self.errors.items()],
             "seconds": [{"service": s, "operation": o, "seconds": t} for (s, o), t in self.seconds.items()],
         }
 
@@ -215,7 +216,7 @@ class RequestCounter:
             with lock:
                 tally.seconds[(service, model.name)] += elapsed
                 if code is not None:
-                    tally.errors[(service, model.name, code)] += 1
+                    tally.errors[(component_of(threading.current_thread().name), service, f"{model.name} {code}")] += 1
 
         events.register("before-call", on_call, unique_id="mailpipe-bench-call")
         events.register_first("before-send", on_send, unique_id="mailpipe-bench-send")
@@ -305,6 +306,7 @@ class PipelineResult:
     mail_files: int = 0
     distinct_message_ids: int = 0
     polls: int = 0
+    loadavg: float = 0.0  # the machine's 1-minute load average when the run ended (others may share it)
     error: str | None = None
     tally: Tally = field(default_factory=Tally)
 
@@ -368,6 +370,7 @@ def run_pipeline(rt: Any, counter: RequestCounter, n: int, timeout_s: float) -> 
             last_print = now
         time.sleep(POLL_S)
     result.tally = counter.snapshot() - before
+    result.loadavg = os.getloadavg()[0]
     result.mail_files, result.distinct_message_ids = wait_for_outbox(
         rt.maildir_root / "outbox" / "new", result.campaign_id, n, wait_s=10.0 if result.error is None else 0.0
     )
@@ -393,6 +396,7 @@ class RawResult:
     failures: int = 0
     mail_files: int = 0
     distinct_message_ids: int = 0
+    loadavg: float = 0.0
     error: str | None = None
     tally: Tally = field(default_factory=Tally)
 
@@ -673,6 +677,7 @@ def run_raw(rt: Any, counter: RequestCounter, n: int, concurrency: int, timeout_
             worker.join(timeout=30)
         pool.close()
     result.tally = counter.snapshot() - before
+    result.loadavg = os.getloadavg()[0]
     result.sent = state.outcomes
     result.stream_records = state.stream_records
     result.claim_conflicts = state.claim_conflicts
@@ -710,7 +715,7 @@ def breakdown(tally: Tally, n: int, indent: str = "    ") -> list[str]:
     lines = []
     for (component, service, op), count in tally.calls.most_common():
         lines.append(f"{indent}{component:<28} {service + '.' + op:<42} {count:8d}  {count / n:7.3f}/email")
-    errors = [f"{s}.{o} {code} x{c}" for (s, o, code), c in tally.errors.most_common()]
+    errors = [f"{comp} {svc}.{error} x{count}" for (comp, svc, error), count in tally.errors.most_common()]
     if errors:
         lines.append(f"{indent}error replies: {', '.join(errors)}")
     retries = tally.attempts.total() - tally.total()
@@ -741,13 +746,14 @@ def report(
         f"(POST {pipeline.post_s:.1f} s; status {pipeline.status or '-'}; {pipeline.distinct_message_ids} distinct "
         f"Message-IDs in outbox/new)"
     )
+    print(f"  recipient states at completion: {pipeline.counts}; load average {pipeline.loadavg:.1f}")
     if pipeline.error:
         print(f"  pipeline FAILED: {pipeline.error}")
     if raw is not None:
         print(
             f"raw ceiling:            {raw.rate:8.1f} emails/s   {n} emails in {raw.elapsed_s:.1f} s "
             f"({raw.concurrency} threads; {raw.distinct_message_ids} distinct Message-IDs; "
-            f"{raw.claim_conflicts} claim conflicts, {raw.failures} SMTP failures)"
+            f"{raw.claim_conflicts} claim conflicts, {raw.failures} SMTP failures; load average {raw.loadavg:.1f})"
         )
         if raw.error:
             print(f"  raw run FAILED: {raw.error}")
@@ -784,6 +790,7 @@ def report(
             "distinct_message_ids": pipeline.distinct_message_ids,
             "mail_files": pipeline.mail_files,
             "polls": pipeline.polls,
+            "loadavg": pipeline.loadavg,
             "error": pipeline.error,
             "requests_per_email": {s: c / n for s, c in tally.by_service().items()},
             "ddb_writes_per_email": ddb_writes_per_email,
@@ -801,6 +808,7 @@ def report(
             "stream_records": raw.stream_records,
             "claim_conflicts": raw.claim_conflicts,
             "smtp_failures": raw.failures,
+            "loadavg": raw.loadavg,
             "error": raw.error,
             "requests_per_email": {s: c / n for s, c in raw.tally.by_service().items()},
             "ddb_writes_per_email": raw.tally.ddb_writes() / n,
@@ -812,6 +820,24 @@ def report(
 
 
 # -- main ---------------------------------------------------------------------------------------
+
+
+def stop_scheduler(rt: Any) -> bool:
+    """Stop the runtime's scheduled functions (the delivery-report reader) before the raw run.
+
+    Left running, it works off the pipeline's backlog of delivery reports during
+    the raw run and competes with it for this process's one core (the GIL). The
+    runtime has no public method for this; these are the attributes its own
+    ``stop()`` uses (``stop()`` at the end sets and joins them again, harmlessly).
+    """
+    stop = getattr(rt, "_scheduler_stop", None)
+    if not isinstance(stop, threading.Event):
+        return False
+    stop.set()
+    thread = getattr(rt, "_scheduler", None)
+    if isinstance(thread, threading.Thread):
+        thread.join(timeout=60)
+    return True
 
 
 def start_runtime(local_dir: Path, concurrency: int | None, attempts: int = 3) -> Any:
@@ -888,6 +914,8 @@ def main(argv: list[str] | None = None) -> int:
             for source in rt.sources.values():
                 source.stop()
             if not args.skip_raw and pipeline.error is None:
+                if not stop_scheduler(rt):
+                    logger.warning("could not stop the runtime's scheduler; it keeps running during the raw run")
                 print(f"raw ceiling: {args.n} emails on {concurrency} threads …", file=sys.stderr, flush=True)
                 raw = run_raw(rt, counter, args.n, concurrency, timeout_s)
             results = report(args.n, concurrency, pipeline, raw, counter)
