@@ -136,13 +136,13 @@ def send_mail(event: Any) -> dict:
     return wiring.sender().process_batch(event.to_dict(), event.context)
 
 
-@app.on_dynamodb_record(stream_arn=RECIPIENTS_STREAM, batch_size=100, maximum_batching_window_in_seconds=1)
+@app.on_dynamodb_record(stream_arn=RECIPIENTS_STREAM, batch_size=500, maximum_batching_window_in_seconds=1)
 def aggregate_recipients(event: Any) -> None:
     """Count recipient transitions into the campaign's stats and status."""
     wiring.aggregator().on_recipient_records(event.to_dict()["Records"])
 
 
-@app.on_dynamodb_record(stream_arn=EVENTS_STREAM, batch_size=100, maximum_batching_window_in_seconds=1)
+@app.on_dynamodb_record(stream_arn=EVENTS_STREAM, batch_size=500, maximum_batching_window_in_seconds=1)
 def aggregate_events(event: Any) -> None:
     """Count engagement events (opens, clicks, replies, reports) into the campaign's stats."""
     wiring.aggregator().on_event_records(event.to_dict()["Records"])

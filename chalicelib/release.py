@@ -137,27 +137,42 @@ class Releaser:
         remaining = list(job.emails)
         released = 0
         deadline = self.clock() + self.max_seconds
-        # Each depth reading is an SQS call (and O(depth) on moto): when the
-        # queue is full, wait longer before looking again.
-        idle_wait = 0.1
+        # Each depth reading is an SQS call (and O(depth) on moto), so push in
+        # large steps and, between steps, sleep about as long as the consumers
+        # need to drain one step, judged from how fast the depth fell so far.
+        step = max(SQS_BATCH, self.max_depth // 2)
+        drain_rate: float | None = None
+        last: tuple[int, float] | None = None
+        pushed_since = 0
         while remaining:
-            room = self.max_depth - self.send_queue.depth()
-            # Wait for room for a few full batches: topping up one message at a
-            # time would spend an SQS call per message.
+            depth, now = self.send_queue.depth(), self.clock()
+            if last is not None and now > last[1]:
+                drained = last[0] + pushed_since - depth
+                if drained > 0:
+                    rate = drained / (now - last[1])
+                    drain_rate = rate if drain_rate is None else (drain_rate + rate) / 2
+            last, pushed_since = (depth, now), 0
+            room = self.max_depth - depth
             wanted = min(len(remaining), room)
-            if wanted < min(len(remaining), max(SQS_BATCH, self.max_depth // 4)):
-                wanted = 0
-            granted, wait = self.pacer.acquire(wanted) if wanted > 0 else (0, idle_wait)
-            if granted:
-                batch, remaining = remaining[:granted], remaining[granted:]
-                self.send_queue.send_jobs([send_job_body(job.campaign_id, e) for e in batch])
-                released += granted
-                idle_wait = 0.1
-                continue
+            wait = 0.0
+            if wanted >= min(len(remaining), step):
+                granted, wait = self.pacer.acquire(wanted)
+                if granted:
+                    batch, remaining = remaining[:granted], remaining[granted:]
+                    self.send_queue.send_jobs([send_job_body(job.campaign_id, e) for e in batch])
+                    released += granted
+                    pushed_since = granted
+                    if not remaining:
+                        break
+                    room -= granted
+            if not wait:
+                # A little over the estimate, so that one look usually finds the room.
+                needed = min(len(remaining), step) - max(0, room)
+                wait = 1.2 * needed / drain_rate if drain_rate else 0.25
+            wait = min(5.0, max(0.05, wait))
             if self.clock() + wait >= deadline:
                 break
-            self.sleep(max(wait, idle_wait))
-            idle_wait = min(1.0, idle_wait * 1.5)
+            self.sleep(wait)
         if remaining:
             self.release_queue.send_jobs([ChunkJob(job.campaign_id, tuple(remaining)).to_body()])
         return released

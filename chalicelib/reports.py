@@ -95,7 +95,10 @@ class ReportReader:
             return "unmatched"
         email = recipient.email
         reply = f"DSN {rcpt.action} {rcpt.status}" + (f": {rcpt.diagnostic}" if rcpt.diagnostic else "")
-        self._record_event(campaign_id, email, report, rcpt, reply)
+        if rcpt.action != "delivered":
+            # A delivery is fully recorded by the recipient's transition (and its
+            # history); an event per delivered mail would cost a write per email.
+            self._record_event(campaign_id, email, report, rcpt, reply)
         if rcpt.action == "delivered":
             changed = self._transition(campaign_id, email, (SENT,), DELIVERED, reply)
         elif rcpt.is_permanent_failure:

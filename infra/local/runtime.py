@@ -44,7 +44,7 @@ LOCAL_DEFAULTS = {
     "RETRY_BASE_S": "1",
     "RETRY_CAP_S": "8",
     "SEND_RATE_PER_S": "5000",
-    "SEND_QUEUE_MAX_DEPTH": "100",
+    "SEND_QUEUE_MAX_DEPTH": "150",
     "RELEASE_CHUNK_SIZE": "500",
     "RELEASE_MAX_SECONDS": "10",
     "SMTP_CONNECTIONS": "8",
@@ -73,7 +73,9 @@ class RuntimeConfig:
     max_receive_count: int = 5
     send_visibility_timeout: int = 15
     send_concurrency: int = 4
-    release_concurrency: int = 2
+    # One release worker: concurrent ones each see the same depth and could
+    # overshoot the bound by a step each (on AWS, cap the function's concurrency).
+    release_concurrency: int = 1
     standin_in_process: bool = True  # False: the stand-in runs as its own process (faster: a second core)
     standin_env: dict[str, str] = field(default_factory=dict)  # SMTP_STANDIN_* overrides
     settings_env: dict[str, str] = field(default_factory=dict)  # overrides of chalicelib settings
@@ -171,6 +173,8 @@ class LocalRuntime:
         self._scheduler_stop.set()
         if self._scheduler:
             self._scheduler.join(timeout=30)
+        for source in self.sources.values():
+            source.signal_stop()  # all at once: each may be in a long poll
         for source in self.sources.values():
             source.stop()
         self.sources.clear()
@@ -308,7 +312,7 @@ class LocalRuntime:
                     region=self.emulator.region,
                     batch_size=source.batch_size,
                     # Lambda's window is whole seconds; locally a fraction keeps pushes fresh.
-                    batching_window_s=min(0.25, float(source.maximum_batching_window_in_seconds)),
+                    batching_window_s=min(0.1, float(source.maximum_batching_window_in_seconds)),
                     starting_position=overrides.get("StartingPosition", source.starting_position),
                 )
         for source in self.sources.values():

@@ -83,7 +83,7 @@ class SqsEventSource:
         batch_size: int = 10,
         batching_window_s: float = 0.0,
         concurrency: int = 1,
-        wait_s: int = 1,
+        wait_s: int = 5,
         on_invoke: Callable[[str, list[dict], Any, BaseException | None], None] | None = None,
     ) -> None:
         self.name = name
@@ -108,6 +108,10 @@ class SqsEventSource:
             thread = threading.Thread(target=self._run, name=f"sqs-{self.name}-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def signal_stop(self) -> None:
+        """Ask the pollers to stop after their current receive (up to ``wait_s``)."""
+        self._stop.set()
 
     def stop(self) -> None:
         """Stop polling and wait for in-flight invocations to finish."""

@@ -54,7 +54,7 @@ class StreamEventSource:
         batch_size: int = 100,
         batching_window_s: float = 0.0,
         starting_position: str = "TRIM_HORIZON",
-        poll_interval_s: float = 0.05,
+        poll_interval_s: float = 0.15,  # Lambda polls each shard about four times a second
         max_retry_delay_s: float = 2.0,
         on_invoke: Callable[[str, list[dict], Any, BaseException | None], None] | None = None,
     ) -> None:
@@ -79,6 +79,10 @@ class StreamEventSource:
         """Start following the stream."""
         self._thread = threading.Thread(target=self._run, name=f"stream-{self.name}", daemon=True)
         self._thread.start()
+
+    def signal_stop(self) -> None:
+        """Ask the poller to stop after its current batch."""
+        self._stop.set()
 
     def stop(self) -> None:
         """Stop following (an in-flight batch finishes first)."""
