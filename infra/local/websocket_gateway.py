@@ -38,6 +38,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from infra.local.lambda_context import LambdaContext
+
 __all__ = ["LambdaContext", "WebSocketGateway"]
 
 log = logging.getLogger(__name__)
@@ -79,24 +81,6 @@ def _clf_time(now: float) -> str:
 
 def _iso_time(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class LambdaContext:
-    """The subset of Lambda's context object that handlers and Powertools read."""
-
-    def __init__(self, function_name: str, timeout_s: float = LAMBDA_TIMEOUT_S) -> None:
-        self.aws_request_id = str(uuid.uuid4())
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
-        self.memory_limit_in_mb = 128
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{secrets.token_hex(16)}"
-        self._deadline = time.monotonic() + timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        """Milliseconds left before Lambda would time the invocation out."""
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 @dataclass(eq=False)
@@ -340,7 +324,7 @@ class WebSocketGateway:
                 middleware_handlers=self._app._get_middleware_handlers(event_type="websocket"),
             )
         suffix = _FUNCTION_SUFFIX.get(route_key, "websocket_message")
-        context = LambdaContext(f"{self._app.app_name}-{self._stage}-{suffix}")
+        context = LambdaContext(f"{self._app.app_name}-{self._stage}-{suffix}", timeout_s=LAMBDA_TIMEOUT_S)
         return handler(event, context)
 
     async def _invoke(self, route_key: str, event: dict[str, Any]) -> Any:
