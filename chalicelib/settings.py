@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 
@@ -103,8 +103,6 @@ class Settings:
     bounce_alert_min_sends: int = 100
     failure_rate_alert: float = 0.10
 
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
-
     def table_name(self, short: str) -> str:
         """Physical table name for a logical table (``campaigns`` → ``mailpipe-dev-campaigns``)."""
         return f"{self.table_prefix}-{short}"
@@ -121,8 +119,6 @@ class Settings:
         defaults = cls()
         values: dict[str, object] = {}
         for f in fields(cls):
-            if f.name == "extra":
-                continue
             name = f.name.upper()
             default = getattr(defaults, f.name)
             if isinstance(default, bool):
