@@ -135,9 +135,17 @@ def _fake_credentials() -> None:
 
 
 def start_emulator(endpoint_url: str | None = None, host: str = "127.0.0.1", port: int = 0) -> Emulator:
-    """Use ``endpoint_url`` if given (LocalStack, real AWS); else start moto here."""
+    """Use ``endpoint_url`` if given (LocalStack, real AWS); else start moto here.
+
+    ``endpoint_url="localstack"`` asks localstack-client where LocalStack is
+    (``LOCALSTACK_HOST``, default http://localhost:4566).
+    """
     _fake_credentials()
     region = os.environ.get("AWS_DEFAULT_REGION", DEFAULT_REGION)
+    if endpoint_url == "localstack":
+        from localstack_client.config import get_service_endpoint
+
+        endpoint_url = get_service_endpoint("sqs")  # the edge port serves every service
     if endpoint_url:
         return Emulator(endpoint_url=endpoint_url, in_process=False, region=region)
     from moto import mock_aws

@@ -90,7 +90,8 @@ class RuntimeConfig:
             "ws_management_port": _env_int("WS_MANAGEMENT_PORT", 8002),
             "smtp_port": _env_int("SMTP_PORT", 8025),
             "moto_port": _env_int("MOTO_PORT", 5000),
-            "endpoint_url": os.environ.get("AWS_ENDPOINT_URL") or None,
+            "endpoint_url": os.environ.get("AWS_ENDPOINT_URL")
+            or ("localstack" if os.environ.get("USE_LOCALSTACK") else None),
             "max_receive_count": _env_int("MAX_RECEIVE_COUNT", 5),
             "send_concurrency": _env_int("SEND_CONCURRENCY", 4),
         }
