@@ -40,6 +40,8 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
     created = now_iso()
     emails = [row.email for row in request.recipients]
     suppressed = suppressed_among(principal.tenant, emails)
+    # Every recipient suppressed: nothing will ever move, so it is done now.
+    initial = COMPLETED if len(suppressed) == len(emails) else QUEUED
     campaign = Campaign(
         campaign_id,
         tenant=principal.tenant,
@@ -49,7 +51,7 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         subject=request.subject,
         text=request.text,
         html=request.html,
-        status=QUEUED,
+        status=initial,
         total=len(emails),
         duplicates_dropped=request.duplicates_dropped,
         alert_bounce_rate=request.alerts.get("bounce_rate"),
@@ -61,7 +63,9 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
     campaign.save()
     # The totals row exists before any recipient does, so the aggregator can
     # always tell when the last recipient became final.
-    stats.init_campaign(campaign_id, principal.tenant, len(emails), settings)
+    stats.init_campaign(
+        campaign_id, principal.tenant, len(emails), settings, suppressed=len(suppressed), status=initial
+    )
     with Recipient.batch_write() as batch:
         for row in request.recipients:
             status = SUPPRESSED if row.email in suppressed else PENDING
@@ -81,7 +85,7 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
     enqueue_release(campaign_id, to_send, settings)
     return {
         "campaign_id": campaign_id,
-        "status": QUEUED,
+        "status": initial,
         "queued": len(to_send),
         "suppressed": len(suppressed),
         "duplicates_dropped": request.duplicates_dropped,

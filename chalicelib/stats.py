@@ -25,6 +25,7 @@ from chalicelib.models import (
     PENDING,
     QUEUED,
     RECIPIENT_STATES,
+    SUPPRESSED,
 )
 from chalicelib.settings import Settings
 from chalicelib.timeutil import minute_bucket, now_iso
@@ -56,8 +57,15 @@ def _table(settings: Settings) -> str:
     return settings.table_name("stats")
 
 
-def init_campaign(campaign_id: str, tenant: str, total: int, settings: Settings) -> None:
-    """Create the campaign's totals row before any recipient exists."""
+def init_campaign(
+    campaign_id: str, tenant: str, total: int, settings: Settings, suppressed: int = 0, status: str = QUEUED
+) -> None:
+    """Create the campaign's totals row before any recipient exists, already counting them.
+
+    Recipients are only ever inserted here, as ``pending`` or ``suppressed``, so
+    their stream INSERTs need no counting: the counts are right from the first
+    GET, and the aggregator skips a creation's whole backlog of INSERTs.
+    """
     aws_client("dynamodb", settings).put_item(
         TableName=_table(settings),
         Item={
@@ -65,7 +73,9 @@ def init_campaign(campaign_id: str, tenant: str, total: int, settings: Settings)
             "bucket": {"S": TOTAL},
             "tenant": {"S": tenant},
             "total": {"N": str(total)},
-            "status": {"S": QUEUED},
+            PENDING: {"N": str(total - suppressed)},
+            SUPPRESSED: {"N": str(suppressed)},
+            "status": {"S": status},
         },
     )
 
@@ -166,6 +176,8 @@ def apply_transitions(transitions: Iterable[Transition], settings: Settings) -> 
     """Apply a stream batch's transitions, once, per campaign."""
     by_campaign: dict[str, list[Transition]] = defaultdict(list)
     for t in transitions:
+        if t.old is None and t.new is not None:
+            continue  # an INSERT: counted when the campaign was created (init_campaign)
         by_campaign[t.campaign_id].append(t)
     applied = []
     for campaign_id, items in by_campaign.items():

@@ -118,3 +118,17 @@ def test_campaign_list_is_newest_first_and_paginated(runtime: LocalRuntime) -> N
     status, second = api.call("GET", f"/campaigns?limit=2&next={first['next']}")
     assert [c["campaign_id"] for c in second["campaigns"]] == [ids[0]]
     assert api.call("GET", "/campaigns?next=garbage!")[0] == 400
+
+
+def test_counts_are_right_at_once_and_an_all_suppressed_campaign_is_done(runtime: LocalRuntime) -> None:
+    from chalicelib.suppressions import suppress
+
+    api = Api(runtime.api_url, token("suppressing"))
+    created = api.create_campaign(3, prefix="fresh")
+    status, campaign = api.call("GET", f"/campaigns/{created['campaign_id']}")
+    assert sum(campaign["counts"].values()) == 3  # before any stream record was read
+    suppress("suppressing", "gone@example.org", "unsubscribed")
+    created = api.create_campaign(0, recipients=[{"email": "gone@example.org", "vars": {"name": "x"}}])
+    assert created["suppressed"] == 1 and created["queued"] == 0
+    campaign = api.call("GET", f"/campaigns/{created['campaign_id']}")[1]
+    assert campaign["status"] == "completed" and campaign["counts"]["suppressed"] == 1
