@@ -17,7 +17,6 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from infra.local.runtime import LocalRuntime
-from tests.conftest import start_runtime
 from tests.support.api import token
 
 pytestmark = pytest.mark.e2e
@@ -38,13 +37,9 @@ N_RECIPIENTS = 25
 
 
 @pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
-    """The real local runtime: REST API, WebSocket gateway, senders, aggregator, SMTP stand-in."""
-    runtime = start_runtime(tmp_path_factory.mktemp("e2e"))
-    try:
-        yield runtime
-    finally:
-        runtime.stop()
+def rt(runtime: LocalRuntime) -> LocalRuntime:
+    """The real local runtime (tests/conftest.py): REST API, WebSocket gateway, senders, aggregator, stand-in."""
+    return runtime
 
 
 @pytest.fixture(scope="module")
