@@ -51,7 +51,12 @@ def test_only_the_failed_record_of_a_batch_comes_back(runtime: LocalRuntime, scr
     assert record["attributes"]["ApproximateReceiveCount"] == "1"
     assert len({r["messageId"] for r in seen}) == 5
     assert len(failed) == 1
-    time.sleep(1.2)  # the queue's own 1 s visibility timeout brings the failure back
-    again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])["Messages"]
+    # The queue's own 1 s visibility timeout brings the failure back; poll until it does.
+    again: list[dict] = []
+    deadline = time.monotonic() + 10
+    while not again and time.monotonic() < deadline:
+        again = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=1
+        ).get("Messages", [])
     assert [json.loads(m["Body"])["n"] for m in again] == [3]
     assert again[0]["Attributes"]["ApproximateReceiveCount"] == "2"
