@@ -54,6 +54,13 @@ class Settings:
     dead_letter_queue_url: str = ""
     failed_jobs_queue_url: str = ""
     alerts_topic_arn: str = ""
+    # Event source ARNs, read by app.py at import: `chalice deploy` names them in its
+    # triggers. Empty gives placeholders, which the merged template overrides.
+    release_queue_arn: str = ""
+    send_queue_arn: str = ""
+    dead_letter_queue_arn: str = ""
+    recipients_stream_arn: str = ""
+    events_stream_arn: str = ""
 
     # Auth: HS256 with a shared secret (local/dev) or RS256 against a JWKS URL (Cognito).
     jwt_algorithm: str = "HS256"
@@ -79,6 +86,9 @@ class Settings:
     send_queue_max_depth: int = 1000
     release_chunk_size: int = 500
     release_max_seconds: float = 20.0
+    # How many release workers may run at once (the release mapping's MaximumConcurrency):
+    # each takes at most its share of the send queue's free room, so together they keep the bound.
+    release_concurrency: int = 2
 
     # Retry policy.
     claim_lease_s: int = 120
