@@ -6,7 +6,7 @@ from typing import Any
 
 from chalice import AuthResponse, Chalice, Rate
 
-from chalicelib import api, dead_letters, realtime, reports, wiring
+from chalicelib import api, dead_letters, realtime, reports, stream_failures, wiring
 from chalicelib.auth import bearer_token, verify_token
 from chalicelib.errors import Unauthorized
 from chalicelib.release import ChunkJob
@@ -23,6 +23,7 @@ SEND_QUEUE = _PLACEHOLDER.format(service="sqs", name="mailpipe-send")
 SEND_DLQ = _PLACEHOLDER.format(service="sqs", name="mailpipe-send-dlq")
 RECIPIENTS_STREAM = _PLACEHOLDER.format(service="dynamodb", name="table/mailpipe-recipients/stream/placeholder")
 EVENTS_STREAM = _PLACEHOLDER.format(service="dynamodb", name="table/mailpipe-events/stream/placeholder")
+STREAM_FAILURES_QUEUE = _PLACEHOLDER.format(service="sqs", name="mailpipe-stream-failures")
 
 
 @app.authorizer()
@@ -80,6 +81,11 @@ def peek_dead_letters() -> Any:
 @app.route("/dlq/redrive", methods=["POST"], authorizer=token_authorizer, cors=True)
 def redrive_dead_letters() -> Any:
     return api.redrive_dead_letters(app.current_request, wiring.settings())
+
+
+@app.route("/stream-failures", methods=["GET"], authorizer=token_authorizer, cors=True)
+def list_stream_failures() -> Any:
+    return api.list_stream_failures(app.current_request, wiring.settings())
 
 
 @app.route("/campaigns/{campaign_id}/stats", methods=["GET"], authorizer=token_authorizer, cors=True)
@@ -152,6 +158,12 @@ def aggregate_events(event: Any) -> None:
 def record_dead_letters(event: Any) -> None:
     """Jobs that exhausted their receives: mark the recipient failed, park the job for operators."""
     dead_letters.record_dead_letters(event.to_dict()["Records"], wiring.settings())
+
+
+@app.on_sqs_message(queue_arn=STREAM_FAILURES_QUEUE, batch_size=10)
+def record_stream_failures(event: Any) -> dict:
+    """Stream batches the aggregators gave up on: recorded once, counted, alerted."""
+    return stream_failures.record_stream_failures(event.to_dict()["Records"], wiring.settings())
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))
