@@ -6,7 +6,7 @@ from typing import Any
 
 from chalice import AuthResponse, Chalice, Rate
 
-from chalicelib import api, dead_letters, realtime, reports, wiring
+from chalicelib import api, dead_letters, realtime, reports, stream_failures, wiring
 from chalicelib.auth import bearer_token, verify_token
 from chalicelib.errors import Unauthorized
 from chalicelib.release import ChunkJob
@@ -30,6 +30,9 @@ RECIPIENTS_STREAM = _sources.recipients_stream_arn or _PLACEHOLDER.format(
 )
 EVENTS_STREAM = _sources.events_stream_arn or _PLACEHOLDER.format(
     service="dynamodb", name="table/mailpipe-events/stream/placeholder"
+)
+STREAM_FAILURES_QUEUE = _sources.stream_failures_queue_arn or _PLACEHOLDER.format(
+    service="sqs", name="mailpipe-stream-failures"
 )
 # API Gateway caches an authorizer's answer per token for this long. Short, so a
 # revoked or re-scoped token stops working quickly; the token's own exp still holds.
@@ -91,6 +94,11 @@ def peek_dead_letters() -> Any:
 @app.route("/dlq/redrive", methods=["POST"], authorizer=token_authorizer, cors=True)
 def redrive_dead_letters() -> Any:
     return api.redrive_dead_letters(app.current_request, wiring.settings())
+
+
+@app.route("/stream-failures", methods=["GET"], authorizer=token_authorizer, cors=True)
+def list_stream_failures() -> Any:
+    return api.list_stream_failures(app.current_request, wiring.settings())
 
 
 @app.route("/campaigns/{campaign_id}/stats", methods=["GET"], authorizer=token_authorizer, cors=True)
@@ -163,6 +171,12 @@ def aggregate_events(event: Any) -> None:
 def record_dead_letters(event: Any) -> None:
     """Jobs that exhausted their receives: mark the recipient failed, park the job for operators."""
     dead_letters.record_dead_letters(event.to_dict()["Records"], wiring.settings())
+
+
+@app.on_sqs_message(queue_arn=STREAM_FAILURES_QUEUE, batch_size=10)
+def record_stream_failures(event: Any) -> dict:
+    """Stream batches the aggregators gave up on: recorded once, counted, alerted."""
+    return stream_failures.record_stream_failures(event.to_dict()["Records"], wiring.settings())
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))

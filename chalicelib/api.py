@@ -14,7 +14,7 @@ from typing import Any
 
 from chalice import Response
 
-from chalicelib import campaigns, dead_letters, realtime
+from chalicelib import campaigns, dead_letters, realtime, stream_failures
 from chalicelib.auth import ADMIN, READ, WRITE, Principal
 from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, PayloadTooLarge, Unauthorized
 from chalicelib.pagination import parse_limit
@@ -140,6 +140,18 @@ def peek_dead_letters(request: Any, settings: Settings) -> Response:
 def redrive_dead_letters(request: Any, settings: Settings) -> Response:
     """POST /dlq/redrive (admin)."""
     return respond(request, ADMIN, lambda p: (202, dead_letters.redrive(p.tenant, settings)))
+
+
+def list_stream_failures(request: Any, settings: Settings) -> Response:
+    """GET /stream-failures (admin): stream batches the aggregators gave up on, newest first."""
+    return respond(
+        request,
+        ADMIN,
+        lambda p: (
+            200,
+            stream_failures.list_failures(settings, parse_limit(query(request, "limit")), query(request, "next")),
+        ),
+    )
 
 
 def pause(request: Any, campaign_id: str) -> Response:

@@ -69,7 +69,13 @@ def _release_concurrently(workers: int, emails_per_worker: int) -> tuple[SharedS
 
     def run(index: int) -> None:
         releaser = Releaser(
-            queue, requeue, Unlimited(), MAX_DEPTH, max_seconds=60, sleep=consume, workers=workers  # type: ignore[arg-type]
+            queue,
+            requeue,
+            Unlimited(),
+            MAX_DEPTH,
+            max_seconds=60,
+            sleep=consume,
+            workers=workers,  # type: ignore[arg-type]
         )
         emails = tuple(f"w{index}-{i}@example.com" for i in range(emails_per_worker))
         releaser.release_chunk(ChunkJob("c1", emails))
