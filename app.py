@@ -25,6 +25,7 @@ _PLACEHOLDER = "arn:aws:{service}:us-east-1:123456789012:{name}"
 RELEASE_QUEUE = _sources.release_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-release")
 SEND_QUEUE = _sources.send_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-send")
 SEND_DLQ = _sources.dead_letter_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-send-dlq")
+RELEASE_DLQ = _sources.release_dead_letter_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-release-dlq")
 RECIPIENTS_STREAM = _sources.recipients_stream_arn or _PLACEHOLDER.format(
     service="dynamodb", name="table/mailpipe-recipients/stream/placeholder"
 )
@@ -171,6 +172,12 @@ def aggregate_events(event: Any) -> None:
 def record_dead_letters(event: Any) -> None:
     """Jobs that exhausted their receives: mark the recipient failed, park the job for operators."""
     dead_letters.record_dead_letters(event.to_dict()["Records"], wiring.settings())
+
+
+@app.on_sqs_message(queue_arn=RELEASE_DLQ, batch_size=10)
+def record_release_dead_letters(event: Any) -> None:
+    """Chunks the release stage gave up on: their pending recipients fail visibly and can be redriven."""
+    dead_letters.record_release_dead_letters(event.to_dict()["Records"], wiring.settings())
 
 
 @app.on_sqs_message(queue_arn=STREAM_FAILURES_QUEUE, batch_size=10)

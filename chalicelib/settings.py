@@ -59,6 +59,7 @@ class Settings:
     release_queue_arn: str = ""
     send_queue_arn: str = ""
     dead_letter_queue_arn: str = ""
+    release_dead_letter_queue_arn: str = ""
     stream_failures_queue_arn: str = ""
     recipients_stream_arn: str = ""
     events_stream_arn: str = ""
