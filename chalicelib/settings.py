@@ -67,9 +67,17 @@ class Settings:
     # Auth: HS256 with a shared secret (local/dev) or RS256 against a JWKS URL (Cognito).
     jwt_algorithm: str = "HS256"
     jwt_secret: str = ""
+    # RS256: the user pool's issuer https://cognito-idp.{region}.amazonaws.com/{userPoolId}; either this or
+    # the JWKS URL is enough, the other is derived ({issuer}/.well-known/jwks.json).
     jwt_jwks_url: str = ""
     jwt_issuer: str = ""
     jwt_audience: str = ""
+    # RS256: comma-separated Cognito app client ids allowed to call (access tokens' client_id, ID tokens' aud).
+    jwt_client_ids: str = ""
+    # RS256: the Cognito resource server identifier whose scopes ({identifier}/{scope}) map to ours.
+    jwt_resource_server: str = ""
+    # RS256: seconds to wait for the JWKS endpoint before the authorizer gives up.
+    jwt_jwks_timeout_s: float = 2.0
 
     # Mailu submission port.
     smtp_host: str = "127.0.0.1"
