@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test unit integration e2e demo bench token lint package browser clean
+.PHONY: install run test unit integration e2e demo bench token lint package deploy destroy browser clean
 
 install: $(VENV)/.installed
 
@@ -48,9 +48,17 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Production path (README "Deploying"): STAGE=dev|prod|local, PARAMETERS="SmtpHost=… JwtIssuer=…".
+# AWS_ENDPOINT_URL points it at LocalStack or an emulator instead of AWS.
+
+deploy: install
+	$(PY) -m infra.deploy deploy --stage $(or $(STAGE),dev) $(foreach p,$(PARAMETERS),--parameter $(p))
+
+destroy: install
+	$(PY) -m infra.deploy destroy --stage $(or $(STAGE),dev) $(if $(filter yes,$(DELETE_TABLES)),--delete-tables)
+
 package: install
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --stage $(or $(STAGE),prod) \
-	  --merge-template infra/resources.yaml packaged/
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(PY) -m infra.deploy package --stage $(or $(STAGE),prod) packaged/
 
 clean:
 	rm -rf .local packaged .pytest_cache
