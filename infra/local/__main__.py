@@ -36,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         ignored = ignored_smtp_variables(os.environ, relay_set=bool(config.relay_url))
         if ignored:
             print(
-                f"note: {', '.join(ignored)} not used by `run`; SMTP_RELAY_URL names your own relay"
+                f"note: `run` ignores {', '.join(ignored)}: SMTP_RELAY_URL names your own relay"
                 " and SMTP_STANDIN_PORT moves the stand-in",
                 file=sys.stderr,
                 flush=True,

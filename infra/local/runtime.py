@@ -289,7 +289,7 @@ class LocalRuntime:
     def describe_mail(self) -> list[str]:
         """Banner lines: where mail goes and where delivery reports are read, passwords hidden."""
         if self.relay:
-            lines = [f"SMTP: your relay {self.relay.describe()} (no stand-in)"]
+            lines = [f"SMTP: your relay at {self.relay.describe()}; no stand-in"]
         else:
             lines = [f"SMTP (Mailu stand-in): {self.config.host}:{self.smtp_port}, mail kept in {self.maildir_root}/"]
         reports = self.report_mailbox_url
