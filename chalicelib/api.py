@@ -85,7 +85,9 @@ def create_campaign(request: Any, settings: Settings) -> Response:
     """POST /campaigns."""
 
     def action(p: Principal) -> tuple[int, Any]:
-        parsed = parse_campaign_request(json_body(request, settings), settings.max_recipients)
+        parsed = parse_campaign_request(
+            json_body(request, settings), settings.max_recipients, settings.allow_special_use_domains
+        )
         return 202, campaigns.create_campaign(p, parsed, settings)
 
     return respond(request, WRITE, action)

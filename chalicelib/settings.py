@@ -109,6 +109,9 @@ class Settings:
     # Request limits.
     max_recipients: int = 50_000
     max_body_bytes: int = 5_000_000
+    # Accept recipient and sender addresses on .test and .local (a Mailu on a private
+    # network); off in production, where no such address can be delivered.
+    allow_special_use_domains: bool = False
 
     # Delivery reports mailbox: imaps://user:pass@host:993/INBOX or maildir:/path.
     report_mailbox_url: str = ""
