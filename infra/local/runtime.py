@@ -350,6 +350,7 @@ class LocalRuntime:
                 "DEAD_LETTER_QUEUE_URL": physical["SendDeadLetterQueue"]["Ref"],
                 "FAILED_JOBS_QUEUE_URL": physical["FailedJobsQueue"]["Ref"],
                 "ALERTS_TOPIC_ARN": physical["AlertsTopic"]["Ref"],
+                "RELEASE_CONCURRENCY": str(self.config.release_concurrency),
                 "MAX_RECEIVE_COUNT": str(self.config.max_receive_count),
                 "REPORT_MAILBOX_URL": self.report_mailbox_url,
                 "AWS_REGION": self.emulator.region,

@@ -97,11 +97,11 @@ def test_stream_handler_starts_at_trim_horizon(template: Template) -> None:
 
 def test_parameters_use_defaults_unless_given() -> None:
     default = Template.load(STACK)
-    overridden = Template.load(STACK, parameters={"SendVisibilityTimeout": 300})
+    overridden = Template.load(STACK, parameters={"SendVisibilityTimeout": 600})
 
     visibility = default.of_type("AWS::SQS::Queue")["SendQueue"]["VisibilityTimeout"]
-    assert default.resolve(visibility) == 180
-    assert overridden.resolve(visibility) == 300
+    assert default.resolve(visibility) == 360
+    assert overridden.resolve(visibility) == 600
 
 
 def test_redrive_policy_resolves_once_the_dlq_exists() -> None:
