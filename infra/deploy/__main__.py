@@ -141,21 +141,33 @@ def deploy(stage: str, parameters: dict[str, str], project: Path = PROJECT_ROOT,
     mapping_changes = apply_mapping_settings(clients["lambda"], _mapping_uuids(deployed), template)
     for function, changes in mapping_changes.items():
         print(f"      {function}: {', '.join(sorted(changes))}", flush=True)
-    gateway_changes = _apply_gateway(clients["apigateway"], deployed, stage, stack_parameters)
+    gateway_changes = _apply_gateway(clients["apigateway"], deployed, stage, template, config)
     summary = {"stack": action, "config": recorded, "mappings": mapping_changes, "gateway": gateway_changes}
     rest = (deployed.get("rest_api") or {}).get("rest_api_url", "")
     print(f"REST API: {rest}\nWebSocket API: {websocket.get('websocket_api_url', '')}", flush=True)
     return summary
 
 
-def _apply_gateway(apigw: Any, deployed: dict, stage: str, stack_parameters: dict[str, Any]) -> bool:
-    """Gateway responses and stage throttling on the REST API (CloudFormation sets them from the template)."""
+def _apply_gateway(apigw: Any, deployed: dict, stage: str, template: Template, config: Path) -> list[str]:
+    """Gateway responses and stage throttling on the REST API (CloudFormation sets them from the template).
+
+    Chalice's PutRestApi replaces the whole API definition, gateway responses
+    included, so they are put back after every `chalice deploy`.
+    """
     rest_api_id = (deployed.get("rest_api") or {}).get("rest_api_id")
     if not rest_api_id:
-        return False
+        return []
     from infra.deploy import gateway
 
-    return bool(gateway.apply_all(apigw, rest_api_id, stage, stack_parameters))
+    settings = stage_config.load(config)
+    api_stage = (settings.get("stages") or {}).get(stage, {}).get("api_gateway_stage") or settings.get(
+        "api_gateway_stage", "api"
+    )
+    changed = gateway.apply_gateway_responses(apigw, rest_api_id, template, stage_name=api_stage)
+    rate, burst = gateway.stage_throttling(template)
+    if gateway.apply_stage_throttling(apigw, rest_api_id, api_stage, rate, burst):
+        changed.append("stage throttling")
+    return changed
 
 
 def destroy(stage: str, delete_all_tables: bool, project: Path = PROJECT_ROOT, region: str | None = None) -> dict:

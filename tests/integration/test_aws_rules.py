@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from chalicelib.settings import Settings
-from tests.support.packaged import load, package
+from tests.support.packaged import load
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,8 +44,8 @@ DEFAULTED_ON_PURPOSE = {
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return load(package(tmp_path_factory.mktemp("rules")))
+def template(packaged: Path) -> dict[str, Any]:
+    return load(packaged)
 
 
 def _value(template: dict[str, Any], value: Any) -> Any:

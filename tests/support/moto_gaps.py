@@ -7,6 +7,8 @@ answer it. Named in the closing note of the deploy issue:
 - ImportRestApi / PutRestApi: moto reads ``info.description``, which Chalice's
   swagger lacks (a 500), and refuses Swagger 2.0 bodies, which AWS accepts and
   Chalice sends. The shim hands moto the same paths as an OpenAPI 3 document.
+  moto also ignores the body's ``securityDefinitions`` (authorizers); the
+  definitions received are kept in ``received_api_definitions``.
 - apigatewayv2 CreateDeployment: not implemented (a 404). The shim answers as
   AWS does: a deployment id, status DEPLOYED.
 """
@@ -18,8 +20,13 @@ import json
 import uuid
 from typing import Any
 
+# The API definitions the server received, newest last: moto does not turn a Swagger
+# body's authorizers into API objects, so a test reads them from here.
+received_api_definitions: list[dict[str, Any]] = []
+
 
 def _as_openapi3(doc: dict[str, Any]) -> dict[str, Any]:
+    received_api_definitions.append(copy.deepcopy(doc))
     if doc.get("openapi"):
         return doc
     doc = copy.deepcopy(doc)
