@@ -1,9 +1,10 @@
 # mailpipe — every entry point a newcomer needs. `make run` and `make test` set up a fresh machine.
 PYTHON ?= python3
 VENV := .venv
+CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 
-.PHONY: install run test unit integration e2e demo bench token lint package browser clean
+.PHONY: install run test unit integration e2e demo bench token lint package deploy destroy browser checkov clean
 
 install: $(VENV)/.installed
 
@@ -20,16 +21,24 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "could not install chromium: the e2e tests will fail"; }
 
+# checkov in a virtualenv of its own: it pins boto3 and others apart from requirements.txt.
+checkov: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
 run: install
 	$(PY) -m infra.local run
 
-test: install browser
+test: install browser checkov
 	$(PY) -m pytest
 
 unit: install
 	$(PY) -m pytest -m unit
 
-integration: install
+integration: install checkov
 	$(PY) -m pytest -m integration
 
 e2e: install browser
@@ -48,9 +57,17 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Production path (README "Deploying"): STAGE=dev|prod|local, PARAMETERS="SmtpHost=… JwtIssuer=…".
+# AWS_ENDPOINT_URL points it at LocalStack or an emulator instead of AWS.
+
+deploy: install
+	$(PY) -m infra.deploy deploy --stage $(or $(STAGE),dev) $(foreach p,$(PARAMETERS),--parameter $(p))
+
+destroy: install
+	$(PY) -m infra.deploy destroy --stage $(or $(STAGE),dev) $(if $(filter yes,$(DELETE_TABLES)),--delete-tables)
+
 package: install
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --stage $(or $(STAGE),prod) \
-	  --merge-template infra/resources.yaml packaged/
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(PY) -m infra.deploy package --stage $(or $(STAGE),prod) packaged/
 
 clean:
 	rm -rf .local packaged .pytest_cache

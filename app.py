@@ -6,26 +6,41 @@ from typing import Any
 
 from chalice import AuthResponse, Chalice, Rate
 
-from chalicelib import api, dead_letters, realtime, reports, wiring
+from chalicelib import api, dead_letters, realtime, reports, stream_failures, wiring
 from chalicelib.auth import bearer_token, verify_token
 from chalicelib.errors import Unauthorized
 from chalicelib.release import ChunkJob
+from chalicelib.settings import get_settings
 
 app = Chalice(app_name="mailpipe")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
 
-# Queue names here are placeholders that keep `chalice package` happy; the
-# merged template (infra/resources.yaml) points every event source at the real
-# resource, and the local runtime resolves them from the same file.
-_PLACEHOLDER = "arn:aws:{service}:us-east-1:000000000000:{name}"
-RELEASE_QUEUE = _PLACEHOLDER.format(service="sqs", name="mailpipe-release")
-SEND_QUEUE = _PLACEHOLDER.format(service="sqs", name="mailpipe-send")
-SEND_DLQ = _PLACEHOLDER.format(service="sqs", name="mailpipe-send-dlq")
-RECIPIENTS_STREAM = _PLACEHOLDER.format(service="dynamodb", name="table/mailpipe-recipients/stream/placeholder")
-EVENTS_STREAM = _PLACEHOLDER.format(service="dynamodb", name="table/mailpipe-events/stream/placeholder")
+# Every trigger names its real queue or stream: `make deploy` records the resources
+# stack's outputs in the stage's environment (.chalice/config.json), which Chalice
+# puts in os.environ when it imports this file. Without them (`chalice package`),
+# placeholders stand in and the merged template (infra/resources.yaml) points each
+# event source at the real resource; the local runtime resolves them from that file.
+_sources = get_settings()
+_PLACEHOLDER = "arn:aws:{service}:us-east-1:123456789012:{name}"
+RELEASE_QUEUE = _sources.release_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-release")
+SEND_QUEUE = _sources.send_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-send")
+SEND_DLQ = _sources.dead_letter_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-send-dlq")
+RELEASE_DLQ = _sources.release_dead_letter_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-release-dlq")
+RECIPIENTS_STREAM = _sources.recipients_stream_arn or _PLACEHOLDER.format(
+    service="dynamodb", name="table/mailpipe-recipients/stream/placeholder"
+)
+EVENTS_STREAM = _sources.events_stream_arn or _PLACEHOLDER.format(
+    service="dynamodb", name="table/mailpipe-events/stream/placeholder"
+)
+STREAM_FAILURES_QUEUE = _sources.stream_failures_queue_arn or _PLACEHOLDER.format(
+    service="sqs", name="mailpipe-stream-failures"
+)
+# API Gateway caches an authorizer's answer per token for this long. Short, so a
+# revoked or re-scoped token stops working quickly; the token's own exp still holds.
+AUTHORIZER_TTL_S = 60
 
 
-@app.authorizer()
+@app.authorizer(ttl_seconds=AUTHORIZER_TTL_S)
 def token_authorizer(auth_request: Any) -> AuthResponse:
     """Verify the bearer token; API Gateway answers 401 when this raises "Unauthorized"."""
     try:
@@ -80,6 +95,11 @@ def peek_dead_letters() -> Any:
 @app.route("/dlq/redrive", methods=["POST"], authorizer=token_authorizer, cors=True)
 def redrive_dead_letters() -> Any:
     return api.redrive_dead_letters(app.current_request, wiring.settings())
+
+
+@app.route("/stream-failures", methods=["GET"], authorizer=token_authorizer, cors=True)
+def list_stream_failures() -> Any:
+    return api.list_stream_failures(app.current_request, wiring.settings())
 
 
 @app.route("/campaigns/{campaign_id}/stats", methods=["GET"], authorizer=token_authorizer, cors=True)
@@ -152,6 +172,18 @@ def aggregate_events(event: Any) -> None:
 def record_dead_letters(event: Any) -> None:
     """Jobs that exhausted their receives: mark the recipient failed, park the job for operators."""
     dead_letters.record_dead_letters(event.to_dict()["Records"], wiring.settings())
+
+
+@app.on_sqs_message(queue_arn=RELEASE_DLQ, batch_size=10)
+def record_release_dead_letters(event: Any) -> None:
+    """Chunks the release stage gave up on: their pending recipients fail visibly and can be redriven."""
+    dead_letters.record_release_dead_letters(event.to_dict()["Records"], wiring.settings())
+
+
+@app.on_sqs_message(queue_arn=STREAM_FAILURES_QUEUE, batch_size=10)
+def record_stream_failures(event: Any) -> dict:
+    """Stream batches the aggregators gave up on: recorded once, counted, alerted."""
+    return stream_failures.record_stream_failures(event.to_dict()["Records"], wiring.settings())
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from chalice import Response
 
-from chalicelib import campaigns, dead_letters, realtime
+from chalicelib import campaigns, dead_letters, realtime, stream_failures
 from chalicelib.auth import ADMIN, READ, WRITE, Principal
+from chalicelib.dashboard_page import dashboard_page
 from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, PayloadTooLarge, Unauthorized
 from chalicelib.pagination import parse_limit
 from chalicelib.settings import Settings
@@ -24,7 +24,6 @@ from chalicelib.validation import parse_campaign_request
 logger = logging.getLogger(__name__)
 
 JSON_HEADERS = {"Content-Type": "application/json"}
-DASHBOARD = Path(__file__).parent / "dashboard" / "index.html"
 
 
 def json_response(status: int, body: Any) -> Response:
@@ -85,7 +84,9 @@ def create_campaign(request: Any, settings: Settings) -> Response:
     """POST /campaigns."""
 
     def action(p: Principal) -> tuple[int, Any]:
-        parsed = parse_campaign_request(json_body(request, settings), settings.max_recipients)
+        parsed = parse_campaign_request(
+            json_body(request, settings), settings.max_recipients, settings.allow_special_use_domains
+        )
         return 202, campaigns.create_campaign(p, parsed, settings)
 
     return respond(request, WRITE, action)
@@ -142,6 +143,18 @@ def redrive_dead_letters(request: Any, settings: Settings) -> Response:
     return respond(request, ADMIN, lambda p: (202, dead_letters.redrive(p.tenant, settings)))
 
 
+def list_stream_failures(request: Any, settings: Settings) -> Response:
+    """GET /stream-failures (admin): stream batches the aggregators gave up on, newest first."""
+    return respond(
+        request,
+        ADMIN,
+        lambda p: (
+            200,
+            stream_failures.list_failures(settings, parse_limit(query(request, "limit")), query(request, "next")),
+        ),
+    )
+
+
 def pause(request: Any, campaign_id: str) -> Response:
     """POST /campaigns/{id}/pause."""
     return respond(request, WRITE, lambda p: (200, campaigns.pause(campaigns.get_owned(p, campaign_id))))
@@ -158,9 +171,9 @@ def live_stats(request: Any, campaign_id: str, settings: Settings) -> Response:
 
 
 def dashboard(settings: Settings) -> Response:
-    """GET /dashboard: the page, told where the WebSocket API is."""
-    page = DASHBOARD.read_text(encoding="utf-8").replace("__MAILPIPE_WS_URL__", settings.websocket_url)
-    return Response(body=page, status_code=200, headers={"Content-Type": "text/html; charset=utf-8"})
+    """GET /dashboard: the page, told where the WebSocket API is, under a strict Content-Security-Policy."""
+    page = dashboard_page(settings.websocket_url)
+    return Response(body=page.html, status_code=200, headers=dict(page.headers))
 
 
 def websocket_connect(event: dict[str, Any], settings: Settings) -> Response | None:

@@ -16,10 +16,10 @@ from typing import Any
 
 from chalicelib.campaigns import reopen_campaign
 from chalicelib.clients import aws_client
-from chalicelib.models import FAILED, Campaign
+from chalicelib.models import FAILED, PENDING, Campaign
 from chalicelib.queues import Queue
 from chalicelib.recipients import RecipientStore, current
-from chalicelib.release import enqueue_release
+from chalicelib.release import ChunkJob, enqueue_release, send_job_body
 from chalicelib.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,22 +56,58 @@ def record_dead_letters(records: list[dict[str, Any]], settings: Settings) -> No
                 # A duplicate copy of a job whose recipient is final, or whose
                 # live copy is still retrying: nothing to record.
                 continue
-        if campaign_id not in tenants:
-            try:
-                tenants[campaign_id] = Campaign.get(campaign_id).tenant
-            except Campaign.DoesNotExist:
-                tenants[campaign_id] = None
-        tenant = tenants[campaign_id]
-        if tenant is None:
+        _park(parked, record["body"], _tenant(campaign_id, tenants), reason)
+
+
+def record_release_dead_letters(records: list[dict[str, Any]], settings: Settings) -> None:
+    """Chunks the release stage gave up on: fail their still-pending recipients and park them.
+
+    Without this a dead-lettered chunk would leave its recipients ``pending``
+    forever. Parked like dead-lettered send jobs, they show in ``/failures`` and
+    ``/dlq`` and go back out with ``/dlq/redrive``. Recipients that are already
+    on the send queue (deferred, sending) or final are left to their own jobs.
+    """
+    store = RecipientStore(settings)
+    parked = _failed_jobs(settings)
+    tenants: dict[str, str | None] = {}
+    for record in records:
+        try:
+            chunk = ChunkJob.from_json(record["body"])
+        except (KeyError, TypeError, ValueError):
+            logger.error("unreadable dead-lettered chunk %s dropped: %r", record.get("messageId"), record.get("body"))
             continue
-        parked.client.send_message(
-            QueueUrl=parked.url,
-            MessageBody=record["body"],
-            MessageAttributes={
-                TENANT_ATTRIBUTE: {"DataType": "String", "StringValue": tenant},
-                "reason": {"DataType": "String", "StringValue": reason[:1000]},
-            },
-        )
+        receives = (record.get("attributes") or {}).get("ApproximateReceiveCount", "?")
+        reason = f"release failed: the chunk was dead-lettered after {receives} receive(s)"
+        for email in chunk.emails:
+            before = current(chunk.campaign_id, email)
+            if before is None or before.status != PENDING:
+                continue
+            if store.mark_failed(chunk.campaign_id, email, reason):
+                body = json.dumps(send_job_body(chunk.campaign_id, email))
+                _park(parked, body, _tenant(chunk.campaign_id, tenants), reason)
+
+
+def _tenant(campaign_id: str, known: dict[str, str | None]) -> str | None:
+    if campaign_id not in known:
+        try:
+            known[campaign_id] = Campaign.get(campaign_id).tenant
+        except Campaign.DoesNotExist:
+            known[campaign_id] = None
+    return known[campaign_id]
+
+
+def _park(parked: Queue, body: str, tenant: str | None, reason: str) -> None:
+    """Keep a failed job where ``GET /dlq`` shows it and ``POST /dlq/redrive`` finds it."""
+    if tenant is None:
+        return  # the campaign is gone: nothing to resend
+    parked.client.send_message(
+        QueueUrl=parked.url,
+        MessageBody=body,
+        MessageAttributes={
+            TENANT_ATTRIBUTE: {"DataType": "String", "StringValue": tenant},
+            "reason": {"DataType": "String", "StringValue": reason[:1000]},
+        },
+    )
 
 
 def _receive_all(queue: Queue, limit: int) -> list[dict[str, Any]]:

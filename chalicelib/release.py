@@ -115,8 +115,13 @@ class Releaser:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         is_paused: Callable[[str], bool] = lambda campaign_id: False,
+        workers: int = 1,
     ) -> None:
         self.is_paused = is_paused
+        # Up to ``workers`` releasers run at once (the mapping's MaximumConcurrency) and
+        # may read the same depth at the same moment. Each fills at most its share of
+        # the free room, so together they never push the queue past ``max_depth``.
+        self.workers = max(1, workers)
         self.send_queue = send_queue
         self.release_queue = release_queue
         self.pacer = pacer
@@ -140,7 +145,8 @@ class Releaser:
         # Each depth reading is an SQS call (and O(depth) on moto), so push in
         # large steps and, between steps, sleep about as long as the consumers
         # need to drain one step, judged from how fast the depth fell so far.
-        step = max(SQS_BATCH, self.max_depth // 2)
+        share = max(1, self.max_depth // self.workers)
+        step = max(SQS_BATCH, share // 2)
         drain_rate: float | None = None
         last: tuple[int, float] | None = None
         pushed_since = 0
@@ -152,7 +158,7 @@ class Releaser:
                     rate = drained / (now - last[1])
                     drain_rate = rate if drain_rate is None else (drain_rate + rate) / 2
             last, pushed_since = (depth, now), 0
-            room = self.max_depth - depth
+            room = min(share, self.max_depth - depth)
             wanted = min(len(remaining), room)
             wait = 0.0
             if wanted >= min(len(remaining), step):
@@ -189,6 +195,7 @@ def build_releaser(settings: Settings) -> Releaser:
         settings.send_queue_max_depth,
         settings.release_max_seconds,
         is_paused=_campaign_paused,
+        workers=settings.release_concurrency,
     )
 
 

@@ -54,13 +54,30 @@ class Settings:
     dead_letter_queue_url: str = ""
     failed_jobs_queue_url: str = ""
     alerts_topic_arn: str = ""
+    # Event source ARNs, read by app.py at import: `chalice deploy` names them in its
+    # triggers. Empty gives placeholders, which the merged template overrides.
+    release_queue_arn: str = ""
+    send_queue_arn: str = ""
+    dead_letter_queue_arn: str = ""
+    release_dead_letter_queue_arn: str = ""
+    stream_failures_queue_arn: str = ""
+    recipients_stream_arn: str = ""
+    events_stream_arn: str = ""
 
     # Auth: HS256 with a shared secret (local/dev) or RS256 against a JWKS URL (Cognito).
     jwt_algorithm: str = "HS256"
     jwt_secret: str = ""
+    # RS256: the user pool's issuer https://cognito-idp.{region}.amazonaws.com/{userPoolId}; either this or
+    # the JWKS URL is enough, the other is derived ({issuer}/.well-known/jwks.json).
     jwt_jwks_url: str = ""
     jwt_issuer: str = ""
     jwt_audience: str = ""
+    # RS256: comma-separated Cognito app client ids allowed to call (access tokens' client_id, ID tokens' aud).
+    jwt_client_ids: str = ""
+    # RS256: the Cognito resource server identifier whose scopes ({identifier}/{scope}) map to ours.
+    jwt_resource_server: str = ""
+    # RS256: seconds to wait for the JWKS endpoint before the authorizer gives up.
+    jwt_jwks_timeout_s: float = 2.0
 
     # Mailu submission port.
     smtp_host: str = "127.0.0.1"
@@ -79,6 +96,9 @@ class Settings:
     send_queue_max_depth: int = 1000
     release_chunk_size: int = 500
     release_max_seconds: float = 20.0
+    # How many release workers may run at once (the release mapping's MaximumConcurrency):
+    # each takes at most its share of the send queue's free room, so together they keep the bound.
+    release_concurrency: int = 2
 
     # Retry policy.
     claim_lease_s: int = 120
@@ -89,6 +109,9 @@ class Settings:
     # Request limits.
     max_recipients: int = 50_000
     max_body_bytes: int = 5_000_000
+    # Accept recipient and sender addresses on .test and .local (a Mailu on a private
+    # network); off in production, where no such address can be delivered.
+    allow_special_use_domains: bool = False
 
     # Delivery reports mailbox: imaps://user:pass@host:993/INBOX or maildir:/path.
     report_mailbox_url: str = ""

@@ -20,6 +20,7 @@ from chalicelib.rendering import compile_errors, recipient_context, render_field
 MAX_NAME = 200
 MAX_SUBJECT = 998  # RFC 5322 line limit
 MAX_ROW_ERRORS = 200  # enough to fix a list; more would only bloat the answer
+_LOCAL_SUFFIX = ".local"  # RFC 6762; with .test (RFC 6761), where a private Mailu lives
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,23 @@ class CampaignRequest:
     alerts: dict[str, float] = field(default_factory=dict)  # bounce_rate, failure_rate, min_sends
 
 
-def normalize_address(raw: str) -> str:
-    """Syntax-check one address and return it normalized (lowercased) for keys and matching."""
-    result = validate_email(raw, check_deliverability=False, allow_smtputf8=False)
-    return result.normalized.lower()
+def normalize_address(raw: str, allow_special_use_domains: bool = False) -> str:
+    """Syntax-check one address and return it normalized (lowercased) for keys and matching.
+
+    With ``allow_special_use_domains``, addresses on ``.test`` and ``.local`` pass too.
+    email-validator exempts only ``test`` per call (``test_environment``); its list of
+    special-use names is module state shared by the whole process, so it is left alone, and
+    a ``.local`` domain is checked with that last label read as ``test``, then given back.
+    """
+    if not allow_special_use_domains:
+        return validate_email(raw, check_deliverability=False, allow_smtputf8=False).normalized.lower()
+    local_part, at, domain = raw.rpartition("@")
+    on_local = bool(at) and domain.lower().endswith(_LOCAL_SUFFIX)
+    checked = f"{local_part}@{domain[: -len(_LOCAL_SUFFIX)]}.test" if on_local else raw
+    normalized = validate_email(
+        checked, check_deliverability=False, allow_smtputf8=False, test_environment=True
+    ).normalized.lower()
+    return f"{normalized.removesuffix('.test')}{_LOCAL_SUFFIX}" if on_local else normalized
 
 
 def _header_value(body: dict, name: str, errors: list[dict], required: bool) -> str | None:
@@ -67,7 +81,7 @@ def _header_value(body: dict, name: str, errors: list[dict], required: bool) -> 
     return value
 
 
-def _mailbox(body: dict, name: str, errors: list[dict], required: bool) -> str | None:
+def _mailbox(body: dict, name: str, errors: list[dict], required: bool, allow_special_use: bool) -> str | None:
     value = _header_value(body, name, errors, required)
     if value is None:
         return None
@@ -77,15 +91,18 @@ def _mailbox(body: dict, name: str, errors: list[dict], required: bool) -> str |
         return None
     _display, addr = addresses[0]
     try:
-        normalize_address(addr)
+        normalize_address(addr, allow_special_use)
     except EmailNotValidError as exc:
         errors.append({"field": name, "error": f"invalid address: {exc}"})
         return None
     return value
 
 
-def parse_campaign_request(body: Any, max_recipients: int) -> CampaignRequest:
-    """Validate a POST /campaigns body; raise InvalidCampaign listing every problem."""
+def parse_campaign_request(body: Any, max_recipients: int, allow_special_use_domains: bool = False) -> CampaignRequest:
+    """Validate a POST /campaigns body; raise InvalidCampaign listing every problem.
+
+    ``allow_special_use_domains`` also accepts ``.test`` and ``.local`` addresses (local stage).
+    """
     if not isinstance(body, dict):
         raise InvalidCampaign([{"field": "body", "error": "must be a JSON object"}])
     errors: list[dict] = []
@@ -95,8 +112,8 @@ def parse_campaign_request(body: Any, max_recipients: int) -> CampaignRequest:
         errors.append({"field": "name", "error": "required"})
     elif len(name) > MAX_NAME:
         errors.append({"field": "name", "error": f"at most {MAX_NAME} characters"})
-    from_addr = _mailbox(body, "from", errors, required=True)
-    reply_to = _mailbox(body, "reply_to", errors, required=False)
+    from_addr = _mailbox(body, "from", errors, required=True, allow_special_use=allow_special_use_domains)
+    reply_to = _mailbox(body, "reply_to", errors, required=False, allow_special_use=allow_special_use_domains)
     subject = _header_value(body, "subject", errors, required=True)
     if subject is not None and len(subject) > MAX_SUBJECT:
         errors.append({"field": "subject", "error": f"at most {MAX_SUBJECT} characters"})
@@ -115,7 +132,7 @@ def parse_campaign_request(body: Any, max_recipients: int) -> CampaignRequest:
     errors.extend(template_errors)
 
     alerts = _parse_alerts(body.get("alerts"), errors)
-    rows, duplicates = _parse_recipients(body.get("recipients"), max_recipients, errors)
+    rows, duplicates = _parse_recipients(body.get("recipients"), max_recipients, errors, allow_special_use_domains)
     if not template_errors:
         _check_variables(rows, names, {"subject": subject, **bodies}, errors)
     if errors:
@@ -157,7 +174,9 @@ def _parse_alerts(raw: Any, errors: list[dict]) -> dict[str, float]:
     return alerts
 
 
-def _parse_recipients(raw: Any, max_recipients: int, errors: list[dict]) -> tuple[list[RecipientRow], int]:
+def _parse_recipients(
+    raw: Any, max_recipients: int, errors: list[dict], allow_special_use: bool
+) -> tuple[list[RecipientRow], int]:
     if not isinstance(raw, list) or not raw:
         errors.append({"field": "recipients", "error": "must be a non-empty list"})
         return [], 0
@@ -177,7 +196,7 @@ def _parse_recipients(raw: Any, max_recipients: int, errors: list[dict]) -> tupl
             problem = "vars must be an object"
         else:
             try:
-                email = normalize_address(email)
+                email = normalize_address(email, allow_special_use)
             except EmailNotValidError as exc:
                 problem = f"invalid address: {exc}"
         if problem:

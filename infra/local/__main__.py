@@ -1,6 +1,7 @@
 """Command line of the local runtime.
 
 python -m infra.local run                 # the whole pipeline, in the foreground
+                                          # (SMTP_RELAY_URL=smtp://user:pass@host:587: your relay, no stand-in)
 python -m infra.local token --tenant acme # a bearer token for the local API
 python -m infra.local demo --n 1000       # a campaign through the HTTP API, with progress
 """
@@ -15,7 +16,8 @@ import threading
 
 from chalicelib.auth import ALL_SCOPES, READ, WRITE, mint_token
 from chalicelib.settings import Settings
-from infra.local.runtime import LOCAL_JWT_SECRET, LocalRuntime, RuntimeConfig
+from infra.local.relay import ignored_smtp_variables
+from infra.local.runtime import LOCAL_JWT_SECRET, LocalRuntime, RuntimeConfig, StartupError
 
 
 def _token(tenant: str, scopes: list[str], ttl_s: int = 86_400) -> str:
@@ -29,14 +31,27 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = RuntimeConfig.from_env(standin_in_process=False)
-    runtime = LocalRuntime(config)
-    runtime.start()
+    try:
+        config = RuntimeConfig.from_env(standin_in_process=False)
+        ignored = ignored_smtp_variables(os.environ, relay_set=bool(config.relay_url))
+        if ignored:
+            print(
+                f"note: `run` ignores {', '.join(ignored)}: SMTP_RELAY_URL names your own relay"
+                " and SMTP_STANDIN_PORT moves the stand-in",
+                file=sys.stderr,
+                flush=True,
+            )
+        runtime = LocalRuntime(config)
+        runtime.start()
+    except StartupError as exc:
+        print(f"mailpipe: {exc}", file=sys.stderr, flush=True)
+        return 2
     print(f"API: {runtime.api_url}", flush=True)
     if runtime.ws_url:
         print(f"WebSocket: {runtime.ws_url}", flush=True)
         print(f"Dashboard: {runtime.api_url}/dashboard", flush=True)
-    print(f"SMTP (Mailu stand-in): {config.host}:{runtime.smtp_port}, mail kept in {runtime.maildir_root}/", flush=True)
+    for line in runtime.describe_mail():
+        print(line, flush=True)
     print(f"AWS emulator: {runtime.emulator.endpoint_url if runtime.emulator else ''}", flush=True)
     print(f"Token (tenant 'demo', read+write+admin): {_token('demo', list(ALL_SCOPES))}", flush=True)
     print("Ctrl-C stops everything.", flush=True)

@@ -1,19 +1,21 @@
 """The local runtime: plays every part AWS plays for the deployed app.
 
 Starts (or connects to) the AWS emulator, creates the resources from
-infra/resources.yaml, starts the Mailu stand-in, serves the REST API and the
-WebSocket API, and feeds every SQS queue and DynamoDB stream to its handler
-the way Lambda's event source mappings do. The Lambda code itself is the same
-code that ships; it only sees settings.
+infra/resources.yaml, starts the Mailu stand-in (unless SMTP_RELAY_URL names a
+real relay), serves the REST API and the WebSocket API, and feeds every SQS
+queue and DynamoDB stream to its handler the way Lambda's event source mappings
+do. The Lambda code itself is the same code that ships; it only sees settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -24,9 +26,11 @@ from typing import Any
 
 from chalicelib import wiring
 from chalicelib.clients import reset_clients
+from chalicelib.mailbox_reader import open_mailbox
 from chalicelib.settings import Settings
 from infra.local.api_server import ApiServer
 from infra.local.emulator import Emulator, start_emulator
+from infra.local.relay import Relay, RelayUrlError, parse_relay_url, redact_url
 from infra.local.resources import create_resources
 from infra.local.sqs_event_source import SqsEventSource
 from infra.local.stream_event_source import StreamEventSource
@@ -52,9 +56,22 @@ LOCAL_DEFAULTS = {
 }
 
 
+class StartupError(RuntimeError):
+    """The runtime cannot start as configured; the message says which variable to change."""
+
+
+class PortInUse(StartupError):
+    """A port the runtime must listen on is taken."""
+
+
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    return int(raw) if raw.strip() else default
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise StartupError(f"{name} must be a number, got {raw!r}") from None
 
 
 @dataclass
@@ -65,9 +82,11 @@ class RuntimeConfig:
     api_port: int = 0
     ws_port: int = 0
     ws_management_port: int = 0
-    smtp_port: int = 0
+    smtp_port: int = 0  # the stand-in's own port (SMTP_STANDIN_PORT), not the sender's setting
     moto_port: int = 0
     endpoint_url: str | None = None  # AWS_ENDPOINT_URL: LocalStack or any other endpoint
+    relay_url: str | None = None  # SMTP_RELAY_URL: a real relay instead of the stand-in (see infra/local/relay.py)
+    report_mailbox_url: str | None = None  # REPORT_MAILBOX_URL: instead of the stand-in's bounces Maildir
     stack_name: str = "mailpipe-local"
     local_dir: Path = PROJECT_ROOT / ".local"
     max_receive_count: int = 5
@@ -83,15 +102,21 @@ class RuntimeConfig:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RuntimeConfig:
-        """Ports and endpoint from the environment (API_PORT, WS_PORT, SMTP_PORT, …)."""
+        """Ports and endpoints from the environment (API_PORT, WS_PORT, SMTP_STANDIN_PORT, …).
+
+        SMTP_PORT is not read here: it is the sender's setting, which the runtime sets
+        itself (to the stand-in, or from SMTP_RELAY_URL).
+        """
         values: dict[str, Any] = {
             "api_port": _env_int("API_PORT", 8000),
             "ws_port": _env_int("WS_PORT", 8001),
             "ws_management_port": _env_int("WS_MANAGEMENT_PORT", 8002),
-            "smtp_port": _env_int("SMTP_PORT", 8025),
+            "smtp_port": _env_int("SMTP_STANDIN_PORT", 8025),
             "moto_port": _env_int("MOTO_PORT", 5000),
             "endpoint_url": os.environ.get("AWS_ENDPOINT_URL")
             or ("localstack" if os.environ.get("USE_LOCALSTACK") else None),
+            "relay_url": os.environ.get("SMTP_RELAY_URL", "").strip() or None,
+            "report_mailbox_url": os.environ.get("REPORT_MAILBOX_URL", "").strip() or None,
             "max_receive_count": _env_int("MAX_RECEIVE_COUNT", 5),
             "send_concurrency": _env_int("SEND_CONCURRENCY", 4),
         }
@@ -99,6 +124,38 @@ class RuntimeConfig:
             values["local_dir"] = Path(os.environ["MAILPIPE_LOCAL_DIR"])
         values.update(overrides)
         return cls(**values)
+
+    def ports_needed(self) -> dict[str, int]:
+        """Each fixed port the runtime will listen on, by the variable that sets it (0 = any)."""
+        ports = {"API_PORT": self.api_port, "WS_PORT": self.ws_port, "WS_MANAGEMENT_PORT": self.ws_management_port}
+        if not self.relay_url:
+            ports["SMTP_STANDIN_PORT"] = self.smtp_port
+        if not self.endpoint_url:
+            ports["MOTO_PORT"] = self.moto_port
+        return {variable: port for variable, port in ports.items() if port}
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Raise PortInUse naming the first port (and its variable) that cannot be listened on.
+
+    Checked before anything starts: a server that finds its port taken later can leave
+    the others half started, or wait forever for a ready signal.
+    """
+    claimed: dict[int, str] = {}
+    for variable, port in ports.items():
+        if port in claimed:
+            raise PortInUse(f"port {port} is set by both {claimed[port]} and {variable}")
+        claimed[port] = variable
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As the servers themselves do, so a port in TIME_WAIT after a restart counts as free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(f"port {port} ({variable}) is already in use on {host}") from None
+                raise StartupError(f"cannot listen on {host}:{port} ({variable}): {exc.strerror}") from None
 
 
 def _stage_environment(stage: str = "local") -> dict[str, str]:
@@ -121,7 +178,8 @@ class LocalRuntime:
         self.gateway: Any = None
         self.standin: Any = None
         self._standin_process: subprocess.Popen | None = None
-        self.smtp_port = 0
+        self.smtp_port = 0  # the stand-in's, once started
+        self.relay: Relay | None = None  # the user's own relay, if SMTP_RELAY_URL named one
         self.sources: dict[str, SqsEventSource | StreamEventSource] = {}
         self._scheduler_stop = threading.Event()
         self._scheduler: threading.Thread | None = None
@@ -132,6 +190,13 @@ class LocalRuntime:
     def maildir_root(self) -> Path:
         """Where the stand-in keeps mail: ``outbox`` (accepted) and ``bounces`` (reports)."""
         return self.config.local_dir / "mail"
+
+    @property
+    def report_mailbox_url(self) -> str:
+        """Where the scheduled reader looks for delivery reports ("" = nowhere)."""
+        if self.config.report_mailbox_url:
+            return self.config.report_mailbox_url
+        return "" if self.relay else f"maildir:{self.maildir_root / 'bounces'}"
 
     @property
     def api_url(self) -> str:
@@ -146,8 +211,9 @@ class LocalRuntime:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> LocalRuntime:
-        """Start every part; returns once all are ready."""
+        """Start every part; returns once all are ready. StartupError: nothing was started."""
         cfg = self.config
+        self._preflight()
         self.emulator = start_emulator(cfg.endpoint_url, cfg.host, cfg.moto_port)
         self.template = Template.load(
             cfg.stack_name,
@@ -156,7 +222,8 @@ class LocalRuntime:
         )
         clients = {name: self.emulator.client(name) for name in ("dynamodb", "sqs", "sns")}
         create_resources(self.template, clients)
-        self._start_standin()
+        if self.relay is None:
+            self._start_standin()
         self.settings = self._lambda_settings()
         reset_clients()
         wiring.reset()
@@ -200,12 +267,49 @@ class LocalRuntime:
         self.stop()
 
     # -- parts -------------------------------------------------------------
+    def _preflight(self) -> None:
+        """Every check that needs nothing started: URLs parse, ports are free."""
+        cfg = self.config
+        if cfg.relay_url:
+            try:
+                self.relay = parse_relay_url(cfg.relay_url)
+            except RelayUrlError as exc:
+                raise StartupError(str(exc)) from None
+        check_ports_free(cfg.host, cfg.ports_needed())
+        if cfg.report_mailbox_url:
+            try:
+                # Parses the URL (and makes a Maildir's directories); IMAP connects on first read.
+                mailbox = open_mailbox(cfg.report_mailbox_url)
+            except ValueError as exc:
+                raise StartupError(f"REPORT_MAILBOX_URL: {exc}") from None
+            close = getattr(mailbox, "close", None)
+            if close:
+                close()
+
+    def describe_mail(self) -> list[str]:
+        """Banner lines: where mail goes and where delivery reports are read, passwords hidden."""
+        if self.relay:
+            lines = [f"SMTP: your relay at {self.relay.describe()}; no stand-in"]
+        else:
+            lines = [f"SMTP (Mailu stand-in): {self.config.host}:{self.smtp_port}, mail kept in {self.maildir_root}/"]
+        reports = self.report_mailbox_url
+        lines.append(
+            f"Delivery reports: read from {redact_url(reports)}"
+            if reports
+            else "Delivery reports: not read (set REPORT_MAILBOX_URL=imaps://user:pass@host/INBOX)"
+        )
+        return lines
+
     def _standin_environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k.startswith("SMTP_STANDIN_")}
         env.update(self.config.standin_env)
         env["SMTP_STANDIN_MAILDIR"] = str(self.maildir_root)
         env["SMTP_HOST"] = self.config.host
         env["SMTP_PORT"] = str(self.config.smtp_port)
+        # Named explicitly: a process stand-in would otherwise take the user's SMTP_USERNAME
+        # from os.environ while the sender is given these.
+        env["SMTP_USERNAME"] = self.config.standin_env.get("SMTP_USERNAME", "mailpipe")
+        env["SMTP_PASSWORD"] = self.config.standin_env.get("SMTP_PASSWORD", "mailpipe")
         return env
 
     def _start_standin(self) -> None:
@@ -246,16 +350,25 @@ class LocalRuntime:
                 "DEAD_LETTER_QUEUE_URL": physical["SendDeadLetterQueue"]["Ref"],
                 "FAILED_JOBS_QUEUE_URL": physical["FailedJobsQueue"]["Ref"],
                 "ALERTS_TOPIC_ARN": physical["AlertsTopic"]["Ref"],
+                "RELEASE_CONCURRENCY": str(self.config.release_concurrency),
                 "MAX_RECEIVE_COUNT": str(self.config.max_receive_count),
-                "SMTP_HOST": self.config.host,
-                "SMTP_PORT": str(self.smtp_port),
-                "SMTP_USERNAME": self._standin_environment().get("SMTP_USERNAME", "mailpipe"),
-                "SMTP_PASSWORD": self._standin_environment().get("SMTP_PASSWORD", "mailpipe"),
-                "REPORT_MAILBOX_URL": f"maildir:{self.maildir_root / 'bounces'}",
+                "REPORT_MAILBOX_URL": self.report_mailbox_url,
                 "AWS_REGION": self.emulator.region,
                 "AWS_ENDPOINT_URL": self.emulator.lambda_endpoint,
             }
         )
+        if self.relay:
+            env.update(self.relay.settings_env())
+        else:
+            standin = self._standin_environment()
+            env.update(
+                {
+                    "SMTP_HOST": self.config.host,
+                    "SMTP_PORT": str(self.smtp_port),
+                    "SMTP_USERNAME": standin["SMTP_USERNAME"],
+                    "SMTP_PASSWORD": standin["SMTP_PASSWORD"],
+                }
+            )
         env.setdefault("JWT_SECRET", os.environ.get("JWT_SECRET") or LOCAL_JWT_SECRET)
         env["JWT_ALGORITHM"] = os.environ.get("JWT_ALGORITHM", "HS256")
         return Settings.from_env(env)

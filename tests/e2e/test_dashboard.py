@@ -32,6 +32,15 @@ CHROMIUM_ARGS = [
     "--disable-quic",
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
+# Runs before the page's own script (injected by the driver, so the page's CSP does not
+# apply to it) and records every violation the page's policy reports.
+RECORD_CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  const where = `${e.sourceFile}:${e.lineNumber}`;
+  window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${where}`);
+});
+"""
 LIVE_TIMEOUT_MS = 120_000
 N_RECIPIENTS = 25
 
@@ -55,15 +64,19 @@ def browser() -> Iterator[Browser]:
 
 
 class PageErrors:
-    """Uncaught exceptions and console errors a page reports."""
+    """Uncaught exceptions, console errors and Content-Security-Policy violations a page reports."""
 
     def __init__(self, page: Page) -> None:
+        self.page = page
         self.uncaught: list[str] = []
         self.console: list[str] = []
+        self.csp: list[str] = []
         page.on("pageerror", lambda exc: self.uncaught.append(str(exc)))
         page.on("console", self._on_console)
 
     def _on_console(self, msg: ConsoleMessage) -> None:
+        if "Content Security Policy" in msg.text:
+            self.csp.append(msg.text)
         if msg.type == "error":
             self.console.append(msg.text)
 
@@ -74,6 +87,9 @@ class PageErrors:
         test that provokes a 400 on purpose allows that one.
         """
         assert not self.uncaught, f"uncaught JS errors: {self.uncaught}"
+        assert not self.csp, f"the page broke its Content-Security-Policy: {self.csp}"
+        violations = self.page.evaluate("window.__cspViolations")
+        assert violations == [], f"securitypolicyviolation events: {violations}"
         unexpected = [text for text in self.console if not any(f"status of {code} " in text for code in allowed_http)]
         assert not unexpected, f"console errors: {unexpected}"
 
@@ -82,10 +98,15 @@ class PageErrors:
 def dashboard(rt: LocalRuntime, browser: Browser) -> Iterator[tuple[Page, PageErrors]]:
     """A fresh browser context on the dashboard, the token given in the query string."""
     context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    context.add_init_script(RECORD_CSP_VIOLATIONS)
     page = context.new_page()
     page.set_default_timeout(30_000)
     errors = PageErrors(page)
-    page.goto(rt.api_url + "/dashboard?token=" + token("e2e-tenant"))
+    response = page.goto(rt.api_url + "/dashboard?token=" + token("e2e-tenant"))
+    assert response is not None
+    csp = response.headers.get("content-security-policy", "")
+    assert csp.startswith("default-src 'none'; script-src 'sha256-"), f"served without the strict CSP: {csp!r}"
+    assert response.headers.get("x-frame-options") == "DENY"
     expect(page.locator("#campaign-form")).to_be_visible()
     try:
         yield page, errors

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,25 +12,6 @@ import yaml
 from infra.local.template import _CfnLoader
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("package")
-    project = work / "project"
-    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".venv", ".local", ".git", "packaged", "__pycache__"))
-    out = work / "out"
-    env = dict(os.environ, AWS_DEFAULT_REGION="us-east-1")
-    chalice = Path(sys.executable).parent / "chalice"
-    subprocess.run(
-        [str(chalice), "package", "--stage", "prod", "--merge-template", "infra/resources.yaml", str(out)],
-        cwd=project,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return out / "sam.yaml"
 
 
 def test_cfn_lint_accepts_the_packaged_template(packaged: Path) -> None:

@@ -56,6 +56,7 @@ def test_queue_and_topic_names_substitute_the_stack_name(template: Template) -> 
         "SendDeadLetterQueue": f"{STACK}-send-dlq",
         "SendQueue": f"{STACK}-send",
         "FailedJobsQueue": f"{STACK}-failed-jobs",
+        "StreamFailuresQueue": f"{STACK}-stream-failures",
     }
     assert topics == {"AlertsTopic": f"{STACK}-alerts"}
 
@@ -68,7 +69,12 @@ def test_sub_resolves_region_and_account(template: Template) -> None:
 
 @pytest.mark.parametrize(
     ("handler", "target"),
-    [("send_mail", "SendQueue"), ("release_jobs", "ReleaseQueue"), ("aggregate_recipients", "RecipientsTable")],
+    [
+        ("send_mail", "SendQueue"),
+        ("release_jobs", "ReleaseQueue"),
+        ("aggregate_recipients", "RecipientsTable"),
+        ("record_stream_failures", "StreamFailuresQueue"),
+    ],
 )
 def test_event_source_target(template: Template, handler: str, target: str) -> None:
     assert template.event_source_target(handler) == target
@@ -79,7 +85,7 @@ def test_handler_without_an_event_source_has_none(template: Template) -> None:
     assert template.event_source_properties("no_such_handler") == {}
 
 
-@pytest.mark.parametrize("handler", ["send_mail", "release_jobs"])
+@pytest.mark.parametrize("handler", ["send_mail", "release_jobs", "record_stream_failures"])
 def test_sqs_handlers_report_batch_item_failures(template: Template, handler: str) -> None:
     # Chalice never sets this; without it AWS retries whole batches.
     assert template.event_source_properties(handler)["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
@@ -91,11 +97,11 @@ def test_stream_handler_starts_at_trim_horizon(template: Template) -> None:
 
 def test_parameters_use_defaults_unless_given() -> None:
     default = Template.load(STACK)
-    overridden = Template.load(STACK, parameters={"SendVisibilityTimeout": 300})
+    overridden = Template.load(STACK, parameters={"SendVisibilityTimeout": 600})
 
     visibility = default.of_type("AWS::SQS::Queue")["SendQueue"]["VisibilityTimeout"]
-    assert default.resolve(visibility) == 180
-    assert overridden.resolve(visibility) == 300
+    assert default.resolve(visibility) == 360
+    assert overridden.resolve(visibility) == 600
 
 
 def test_redrive_policy_resolves_once_the_dlq_exists() -> None:

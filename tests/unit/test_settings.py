@@ -33,3 +33,20 @@ def test_the_endpoint_and_region_come_from_the_aws_variables() -> None:
 def test_a_malformed_number_names_its_variable() -> None:
     with pytest.raises(ValueError, match="MAX_RECEIVE_COUNT"):
         Settings.from_env({"MAX_RECEIVE_COUNT": "eight"})
+
+
+def test_cognito_settings_are_read_and_the_jwks_timeout_is_a_number() -> None:
+    settings = Settings.from_env(
+        {
+            "JWT_ALGORITHM": "RS256",
+            "JWT_CLIENT_IDS": "client-a,client-b",
+            "JWT_RESOURCE_SERVER": "https://api.mailpipe.example",
+            "JWT_JWKS_TIMEOUT_S": "0.5",
+        }
+    )
+    assert (settings.jwt_client_ids, settings.jwt_resource_server) == (
+        "client-a,client-b",
+        "https://api.mailpipe.example",
+    )
+    assert settings.jwt_jwks_timeout_s == 0.5
+    assert Settings.from_env({"JWT_JWKS_TIMEOUT_S": ""}).jwt_jwks_timeout_s == Settings().jwt_jwks_timeout_s

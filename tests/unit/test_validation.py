@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from chalicelib.errors import InvalidCampaign, PayloadTooLarge
-from chalicelib.validation import MAX_NAME, MAX_ROW_ERRORS, CampaignRequest, RecipientRow, parse_campaign_request
+from chalicelib.settings import Settings
+from chalicelib.validation import (
+    MAX_NAME,
+    MAX_ROW_ERRORS,
+    CampaignRequest,
+    RecipientRow,
+    normalize_address,
+    parse_campaign_request,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -340,3 +348,60 @@ def test_variable_of_the_wrong_type_is_a_row_error_not_a_crash() -> None:
 
 def test_template_the_sandbox_always_refuses_is_rejected() -> None:
     assert field_errors(valid_body(subject="{{ ''.__class__.__mro__ }}"), "subject")
+
+
+PRIVATE_ADDRESSES = ["alice@mail.test", "Bob@Mailu.LOCAL", "carol@test", "dave@a.b.local"]
+
+
+@pytest.mark.parametrize("address", PRIVATE_ADDRESSES)
+def test_test_and_local_addresses_are_refused_by_default(address: str) -> None:
+    body = valid_body(recipients=[address])
+
+    (error,) = errors_of(body)
+
+    assert error["row"] == 0 and error["error"].startswith("invalid address")
+
+
+def test_test_and_local_addresses_pass_when_the_setting_allows_them() -> None:
+    body = valid_body(
+        subject="News",
+        text="Hi {{ email }}",
+        html=None,
+        recipients=PRIVATE_ADDRESSES,
+        **{"from": "News <news@mailu.local>", "reply_to": "help@mail.test"},
+    )
+
+    request = parse_campaign_request(body, LIMIT, allow_special_use_domains=True)
+
+    assert [r.email for r in request.recipients] == [
+        "alice@mail.test",
+        "bob@mailu.local",
+        "carol@test",
+        "dave@a.b.local",
+    ]
+    assert (request.from_addr, request.reply_to) == ("News <news@mailu.local>", "help@mail.test")
+
+
+@pytest.mark.parametrize("field", ["from", "reply_to"])
+def test_sender_addresses_on_local_are_refused_by_default(field: str) -> None:
+    assert field_errors(valid_body(**{field: "news@mailu.local"}), field)
+
+
+@pytest.mark.parametrize(
+    "address", ["x@host.invalid", "x@host.onion", "x@local", "x@mail.localhost", "no-at-sign.local", "a b@mail.local"]
+)
+def test_the_setting_still_refuses_other_special_use_names_and_bad_syntax(address: str) -> None:
+    body = valid_body(recipients=[address])
+
+    with pytest.raises(InvalidCampaign):
+        parse_campaign_request(body, LIMIT, allow_special_use_domains=True)
+
+
+def test_a_local_address_normalizes_like_any_other() -> None:
+    assert normalize_address("Eve@MAIL.Local", allow_special_use_domains=True) == "eve@mail.local"
+    assert normalize_address("eve@example.com", allow_special_use_domains=True) == "eve@example.com"
+
+
+def test_the_setting_is_off_unless_the_environment_turns_it_on() -> None:
+    assert Settings.from_env({}).allow_special_use_domains is False
+    assert Settings.from_env({"ALLOW_SPECIAL_USE_DOMAINS": "true"}).allow_special_use_domains is True

@@ -1,0 +1,232 @@
+"""`make deploy`, `make destroy` and `make package`: the whole production path.
+
+python -m infra.deploy deploy  --stage dev [--parameter SmtpHost=mail.example.com …]
+python -m infra.deploy destroy --stage dev [--delete-tables]
+python -m infra.deploy package --stage prod OUT_DIR
+
+Deploy, in order (each step idempotent, so a second run changes nothing):
+  1. create or update the resources stack from infra/resources.yaml;
+  2. record its outputs in the stage's environment (.chalice/config.json), and
+     write one least-privilege IAM policy per function;
+  3. run `chalice deploy --stage STAGE` (again if step 2 learned the WebSocket
+     API's id and URL from the first run);
+  4. set on every event source mapping what Chalice cannot (aws/chalice#2029),
+     and on the REST API its gateway responses and stage throttling.
+
+Every AWS call goes to ``AWS_ENDPOINT_URL`` when it is set (LocalStack, an
+emulator, the local runtime's moto server), else to AWS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from infra.deploy import iam, stage_config
+from infra.deploy.mappings import apply_mapping_settings
+from infra.deploy.stack import ResourcesTemplate, delete_stack, delete_tables, deploy_stack
+from infra.local.template import Template
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+APP_NAME = "mailpipe"
+PROTECTED_STAGES = ("prod",)  # their tables outlive `make destroy` unless --delete-tables
+
+
+def stack_name(stage: str) -> str:
+    """The resources stack of a stage; also the prefix of its tables and queues."""
+    return f"{APP_NAME}-{stage}"
+
+
+def _clients(region: str | None) -> dict[str, Any]:
+    session = boto3.session.Session(region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    return {name: session.client(name) for name in ("cloudformation", "dynamodb", "lambda", "apigateway", "sts")}
+
+
+def _chalice(project: Path, *args: str) -> None:
+    chalice = Path(sys.executable).parent / "chalice"
+    command = [str(chalice), "--project-dir", str(project), *args]
+    print("$ chalice " + " ".join(args), flush=True)
+    subprocess.run(command, check=True)
+
+
+def _literal_arns(stage: str, outputs: dict[str, str], identity: dict[str, Any], deployed: dict) -> iam.LiteralArns:
+    arns, streams = ResourcesTemplate.arns(outputs)
+    return iam.LiteralArns(
+        region=next(iter(arns.values())).split(":")[3],
+        account_id=identity["Account"],
+        partition=identity["Arn"].split(":")[1],  # arn:{partition}:sts::{account}:…
+        stage=stage,
+        app_name=APP_NAME,
+        arns=arns,
+        stream_arns=streams,
+        websocket_api_id=(deployed.get("websocket_api") or {}).get("websocket_api_id", ""),
+    )
+
+
+def _write_policies(project: Path, stage: str, resolver: iam.ArnResolver) -> tuple[dict[str, str], bool]:
+    """One policy file per function under .chalice/policies/STAGE; returns (function -> config path, changed)."""
+    directory = project / ".chalice" / "policies" / stage
+    before = {p.name: p.read_text() for p in directory.glob("*.json")} if directory.exists() else {}
+    written = iam.write_policy_files(directory, resolver)
+    after = {p.name: p.read_text() for p in directory.glob("*.json")}
+    relative = {fn: str(path.relative_to(project / ".chalice")) for fn, path in written.items()}
+    return relative, before != after
+
+
+def _mapping_uuids(deployed: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Chalice function name -> its event source mapping's UUID (``send_mail-sqs-event-source``)."""
+    return {
+        name.split("-", 1)[0]: resource["event_uuid"]
+        for name, resource in deployed.items()
+        if resource.get("resource_type") in ("sqs_event", "dynamodb_event", "kinesis_event")
+    }
+
+
+def _stack_template(outputs: dict[str, str], parameters: dict[str, Any]) -> Template:
+    """infra/resources.yaml bound to the deployed stack: ARNs from its outputs, its parameter values."""
+    template = Template.load(stack_name("_"), parameters=parameters)
+    arns, streams = ResourcesTemplate.arns(outputs)
+    for logical, arn in arns.items():
+        template.physical.setdefault(logical, {})["Arn"] = arn
+    for logical, arn in streams.items():
+        template.physical.setdefault(logical, {})["StreamArn"] = arn
+    return template
+
+
+def deploy(stage: str, parameters: dict[str, str], project: Path = PROJECT_ROOT, region: str | None = None) -> dict:
+    """The four steps; returns a summary of what each changed."""
+    clients = _clients(region)
+    config = project / ".chalice" / "config.json"
+    resources = ResourcesTemplate.load()
+    name = stack_name(stage)
+
+    print(f"[1/4] resources stack {name}", flush=True)
+    action, outputs = deploy_stack(clients["cloudformation"], name, resources, parameters)
+    print(f"      {action}", flush=True)
+
+    print("[2/4] recording outputs and policies for the stage", flush=True)
+    environment = {env: outputs[key] for env, key in resources.environment.items() if key in outputs}
+    identity = clients["sts"].get_caller_identity()
+    deployed = stage_config.deployed_resources(project, stage)
+    if deployed.get("websocket_api"):
+        environment["WEBSOCKET_URL"] = deployed["websocket_api"]["websocket_api_url"].rstrip("/")
+    policies, _ = _write_policies(project, stage, _literal_arns(stage, outputs, identity, deployed))
+    recorded = stage_config.record_stage(config, stage, environment, policies)
+    print(f"      {'changed' if recorded else 'unchanged'}: .chalice/config.json stage {stage}", flush=True)
+
+    print(f"[3/4] chalice deploy --stage {stage}", flush=True)
+    _chalice(project, "deploy", "--stage", stage)
+    deployed = stage_config.deployed_resources(project, stage)
+    # The first deploy creates the WebSocket API: the dashboard needs its URL, and the
+    # pushing functions' policies its id. Record both and deploy once more.
+    websocket = deployed.get("websocket_api") or {}
+    more = {"WEBSOCKET_URL": websocket["websocket_api_url"].rstrip("/")} if websocket else {}
+    policies, policies_changed = _write_policies(project, stage, _literal_arns(stage, outputs, identity, deployed))
+    if stage_config.record_stage(config, stage, more, policies) or policies_changed:
+        print("      the WebSocket API is new: recording it and deploying again", flush=True)
+        _chalice(project, "deploy", "--stage", stage)
+        deployed = stage_config.deployed_resources(project, stage)
+
+    print("[4/4] event source mappings and the REST API's gateway settings", flush=True)
+    stack = clients["cloudformation"].describe_stacks(StackName=name)["Stacks"][0]
+    stack_parameters = {p["ParameterKey"]: p.get("ParameterValue") for p in stack.get("Parameters") or []}
+    template = _stack_template(outputs, stack_parameters)
+    mapping_changes = apply_mapping_settings(clients["lambda"], _mapping_uuids(deployed), template)
+    for function, changes in mapping_changes.items():
+        print(f"      {function}: {', '.join(sorted(changes))}", flush=True)
+    gateway_changes = _apply_gateway(clients["apigateway"], deployed, stage, template, config)
+    summary = {"stack": action, "config": recorded, "mappings": mapping_changes, "gateway": gateway_changes}
+    rest = (deployed.get("rest_api") or {}).get("rest_api_url", "")
+    print(f"REST API: {rest}\nWebSocket API: {websocket.get('websocket_api_url', '')}", flush=True)
+    return summary
+
+
+def _apply_gateway(apigw: Any, deployed: dict, stage: str, template: Template, config: Path) -> list[str]:
+    """Gateway responses and stage throttling on the REST API (CloudFormation sets them from the template).
+
+    Chalice's PutRestApi replaces the whole API definition, gateway responses
+    included, so they are put back after every `chalice deploy`.
+    """
+    rest_api_id = (deployed.get("rest_api") or {}).get("rest_api_id")
+    if not rest_api_id:
+        return []
+    from infra.deploy import gateway
+
+    settings = stage_config.load(config)
+    api_stage = (settings.get("stages") or {}).get(stage, {}).get("api_gateway_stage") or settings.get(
+        "api_gateway_stage", "api"
+    )
+    changed = gateway.apply_gateway_responses(apigw, rest_api_id, template, stage_name=api_stage)
+    rate, burst = gateway.stage_throttling(template)
+    if gateway.apply_stage_throttling(apigw, rest_api_id, api_stage, rate, burst):
+        changed.append("stage throttling")
+    return changed
+
+
+def destroy(stage: str, delete_all_tables: bool, project: Path = PROJECT_ROOT, region: str | None = None) -> dict:
+    """Remove the app and the stack; tables go too outside protected stages, or when asked."""
+    clients = _clients(region)
+    if stage_config.deployed_resources(project, stage):
+        _chalice(project, "delete", "--stage", stage)
+    name = stack_name(stage)
+    deleted_stack = delete_stack(clients["cloudformation"], name)
+    tables: list[str] = []
+    template = Template.load(name)
+    names = [template.resolve(p["TableName"]) for p in template.of_type("AWS::DynamoDB::Table").values()]
+    if stage not in PROTECTED_STAGES or delete_all_tables:
+        tables = delete_tables(clients["dynamodb"], names)
+    else:
+        print(f"kept the {stage} tables ({', '.join(names)}); --delete-tables (DELETE_TABLES=yes) removes them")
+    return {"stack": deleted_stack, "tables": tables}
+
+
+def package(stage: str, out_dir: Path, project: Path = PROJECT_ROOT) -> Path:
+    """`chalice package --merge-template infra/resources.yaml` with one policy per function."""
+    policies, _ = _write_policies(project, stage, iam.TemplateArns(stage=stage, app_name=APP_NAME))
+    stage_config.record_stage(project / ".chalice" / "config.json", stage, {}, policies)
+    _chalice(project, "package", "--stage", stage, "--merge-template", "infra/resources.yaml", str(out_dir))
+    return out_dir / "sam.yaml"
+
+
+def _parameters(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--parameter wants KEY=VALUE, got {pair!r}")
+        values[key] = value
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.deploy", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in ("deploy", "destroy", "package"):
+        p = sub.add_parser(command)
+        p.add_argument("--stage", required=True)
+        if command == "deploy":
+            p.add_argument("--parameter", action="append", default=[], help="a stack parameter, KEY=VALUE")
+        if command == "destroy":
+            p.add_argument("--delete-tables", action="store_true", help="also delete a protected stage's tables")
+        if command == "package":
+            p.add_argument("out_dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "deploy":
+        summary = deploy(args.stage, _parameters(args.parameter))
+    elif args.command == "destroy":
+        summary = destroy(args.stage, args.delete_tables)
+    else:
+        summary = {"template": str(package(args.stage, args.out_dir))}
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
