@@ -161,6 +161,13 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _on("table:CampaignsTable", "dynamodb:GetItem"),  # the tenant
         _on("queue:FailedJobsQueue", "sqs:SendMessage"),  # park the job for operators
     ),
+    "record_release_dead_letters": (
+        LOGS,
+        _sqs_trigger("ReleaseDeadLetterQueue"),
+        _on("table:RecipientsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # pending ones marked failed
+        _on("table:CampaignsTable", "dynamodb:GetItem"),  # the tenant
+        _on("queue:FailedJobsQueue", "sqs:SendMessage"),  # park each recipient's job for operators
+    ),
     "read_delivery_reports": (
         LOGS,
         _on("table:RecipientsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),
