@@ -41,6 +41,8 @@ from chalicelib import wiring
 from chalicelib.clients import aws_client, botocore_clients, management_client
 from chalicelib.errors import TemporaryDeliveryError
 from chalicelib.models import ALL_MODELS
+from chalicelib.queues import Queue
+from chalicelib.sending import CampaignCache, Sender
 from chalicelib.smtp import Envelope, SmtpPool
 from infra.deploy.iam import (
     FUNCTION_GRANTS,
@@ -536,12 +538,21 @@ def test_every_call_is_granted_and_every_grant_is_used(runtime: LocalRuntime) ->
     for model in ALL_MODELS:
         model._get_connection().connection.client  # noqa: B018 - builds the model's botocore client
     relay = ScriptedRelay(SmtpPool(settings))
+    # A sender caches each campaign for 2 s, so a job re-released (resume, redrive)
+    # that soon after a pause would be acknowledged as paused and never sent. The
+    # session pauses and re-releases in quick succession: this sender reads afresh.
+    sender = Sender(
+        settings, relay, Queue(aws_client("sqs", settings), settings.send_queue_url), campaigns=CampaignCache(ttl_s=0)
+    )
     try:
-        with attributed(runtime, recorder), wiring.overridden(mailer=relay):
+        with attributed(runtime, recorder):
             recorder.hook(botocore_clients())
-            run_session(runtime, relay)
+            try:
+                with wiring.overridden(mailer=relay, sender=sender):
+                    run_session(runtime, relay)
+            finally:
+                recorder.unhook()  # before the handlers are unwrapped: no call goes unattributed
     finally:
-        recorder.unhook()
         relay.inner.close()
 
     arns = local_arns(runtime, recorder)
