@@ -73,16 +73,17 @@ class Deployment:
 
     def make(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, **self.environment())
-        env.pop("AWS_PROFILE", None)
+        for inherited in ("AWS_PROFILE", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"):  # `make test` runs this test
+            env.pop(inherited, None)
         venv = Path(sys.executable).parent.parent
         result = subprocess.run(
-            ["make", *args, f"VENV={venv}"], cwd=self.project, env=env, capture_output=True, text=True, timeout=900
+            ["make", "--no-print-directory", *args, f"VENV={venv}"], cwd=self.project, env=env, capture_output=True, text=True, timeout=900
         )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         return result
 
     def summary(self, result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
 
     def outputs(self) -> dict[str, str]:
         stack = self.client("cloudformation").describe_stacks(StackName=PREFIX)["Stacks"][0]
