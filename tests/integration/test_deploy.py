@@ -77,7 +77,12 @@ class Deployment:
             env.pop(inherited, None)
         venv = Path(sys.executable).parent.parent
         result = subprocess.run(
-            ["make", "--no-print-directory", *args, f"VENV={venv}"], cwd=self.project, env=env, capture_output=True, text=True, timeout=900
+            ["make", "--no-print-directory", *args, f"VENV={venv}"],
+            cwd=self.project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         return result
