@@ -55,14 +55,29 @@ class KillOnceAfterAcceptance:
     def submit(self, envelope: Envelope) -> Future[str]:
         with self._lock:
             self.submitted += 1
-            kill = self.submitted == self.kill_at
+            kill = self.submitted >= self.kill_at and self._frozen is None
+            if kill:
+                self._frozen = Future()
+                self.killed_recipient = envelope.recipient
         real = self.inner.submit(envelope)
         if not kill:
             return real
-        self.killed_recipient = envelope.recipient
-        self._frozen = Future()
-        real.add_done_callback(lambda f: self.accepted_before_kill.set() if not f.exception() else None)
-        return self._frozen
+        frozen = self._frozen
+        assert frozen is not None
+
+        def settle(result: Future[str]) -> None:
+            if result.exception() is None:
+                self.accepted_before_kill.set()  # accepted, and the worker never hears of it
+                return
+            # The relay refused this one (a bounce, a 451, a drop): nothing to kill here.
+            # Pass the refusal on and freeze the next submission instead.
+            with self._lock:
+                self._frozen = None
+                self.killed_recipient = None
+            frozen.set_exception(result.exception())  # type: ignore[arg-type]
+
+        real.add_done_callback(settle)
+        return frozen
 
     def release(self) -> None:
         if self._frozen is not None and not self._frozen.done():
