@@ -19,6 +19,17 @@ from email.parser import BytesHeaderParser
 _STATUS_PARTS = ("message/delivery-status", "message/global-delivery-status")
 _RETURNED_PARTS = ("text/rfc822-headers", "message/rfc822", "message/global-headers", "message/global")
 _ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
+# Misspellings seen from real MTAs ("failure", OpenSMTPD's "error"), by prefix.
+_ACTION_PREFIXES = (
+    ("fail", "failed"),
+    ("error", "failed"),
+    ("delay", "delayed"),
+    ("deliver", "delivered"),
+    ("relay", "relayed"),
+    ("expand", "expanded"),
+)
+# Address types whose value is an Internet mail address (RFC 3464 2.3.2, RFC 6533 3).
+_MAIL_ADDRESS_TYPES = frozenset({"rfc822", "utf-8"})
 _IDENTITY_ENCODINGS = frozenset({"", "7bit", "8bit", "binary"})
 _RECIPIENT_FIELDS = ("final-recipient", "original-recipient")
 
@@ -29,6 +40,7 @@ _XTEXT_HEX = re.compile(rb"\+([0-9A-F]{2})")
 _UNITEXT = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 _ENHANCED_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REPLY_CODE = re.compile(r"\b([245])\d\d\b")
+_LEADING_REPLY_CODE = re.compile(r"\s*([245])\d\d\b")
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,23 @@ class RecipientReport:
     def is_permanent_failure(self) -> bool:
         """True for a hard bounce: the MTA gave up and the status class is 5."""
         return self.action == "failed" and self.status.startswith("5")
+
+    @property
+    def gave_up(self) -> bool:
+        """True when the MTA stopped trying without a permanent status (e.g. 4.4.7 after its queue lifetime).
+
+        Nothing more will come about this recipient, but nothing is known to be wrong with the address.
+        """
+        return self.action == "failed" and not self.status.startswith("5")
+
+    @property
+    def is_final(self) -> bool:
+        """True when no further report will come: every action but ``delayed``.
+
+        ``relayed`` (handed to a system that sends no reports) and ``expanded`` (an alias or
+        list) are the last news the sender gets.
+        """
+        return self.action != "delayed"
 
 
 @dataclass(frozen=True)
@@ -210,18 +239,24 @@ def _first(groups: list[dict[str, str]], name: str) -> str | None:
 
 
 def _recipient(group: dict[str, str]) -> RecipientReport | None:
-    final = _address(group.get("final-recipient") or group.get("original-recipient") or "")
+    original_field = group.get("original-recipient")
+    original = _or_none(_address(original_field, xtext=True)) if original_field else None
+    # An X.400 or other non-mail Final-Recipient names no address: the original one stands in.
+    final = _address(group.get("final-recipient") or "") or original
     if not final:
         return None
     diagnostic = _or_none(_strip_type(group.get("diagnostic-code", "")))
-    status = _status(group.get("status", ""), diagnostic)
+    status_field = group.get("status", "")
+    status = _status(status_field, diagnostic)
+    if diagnostic is None and status_field and not _ENHANCED_STATUS.search(status_field):
+        # "Status: 553 Exceeded maximum inbound message size": the text is the only diagnostic.
+        diagnostic = _or_none(status_field)
     action = _action(group.get("action", ""), status)
     if not action:
         return None
-    original = group.get("original-recipient")
     return RecipientReport(
         final_recipient=final,
-        original_recipient=_or_none(_address(original, xtext=True)) if original else None,
+        original_recipient=original,
         action=action,
         status=status,
         diagnostic=diagnostic,
@@ -235,8 +270,14 @@ def _strip_type(value: str) -> str:
 
 
 def _address(value: str, *, xtext: bool = False) -> str:
+    """The mail address in a typed recipient field, or "" when there is none (an X.400 name, …).
+
+    Other types than rfc822 and utf-8 are read only when they hold an address ("LOCAL;<a@b>").
+    """
     match = _TYPED_VALUE.fullmatch(value)
     address_type, address = (match.group(1).lower(), match.group(2)) if match else ("rfc822", value)
+    if address_type not in _MAIL_ADDRESS_TYPES and "@" not in address:
+        return ""
     address = address.strip()
     if "<" in address and ">" in address.split("<", 1)[1]:
         address = address.split("<", 1)[1].split(">", 1)[0]
@@ -250,11 +291,21 @@ def _address(value: str, *, xtext: bool = False) -> str:
 
 
 def _status(value: str, diagnostic: str | None) -> str:
-    """The enhanced status code; derived from the diagnostic when the field is missing or bad."""
-    for source in (value, diagnostic or ""):
-        match = _ENHANCED_STATUS.search(source)
-        if match:
-            return ".".join(match.groups())
+    """The enhanced status code; derived from the diagnostic when the field is missing or bad.
+
+    Some MTAs write an SMTP reply code where the enhanced code belongs ("Status: 553 …"). Its
+    class is what counts; the diagnostic's enhanced code refines it when the classes agree.
+    """
+    match = _ENHANCED_STATUS.search(value)
+    if match:
+        return ".".join(match.groups())
+    reply = _LEADING_REPLY_CODE.match(value)
+    reply_class = reply.group(1) if reply else None
+    match = _ENHANCED_STATUS.search(diagnostic or "")
+    if match and reply_class in (None, match.group(1)):
+        return ".".join(match.groups())
+    if reply_class:
+        return f"{reply_class}.0.0"
     match = _REPLY_CODE.search(diagnostic or "")
     return f"{match.group(1)}.0.0" if match else ""
 
@@ -264,6 +315,9 @@ def _action(value: str, status: str) -> str:
     action = tokens[0].lower() if tokens else ""
     if action in _ACTIONS:
         return action
+    for prefix, known in _ACTION_PREFIXES:
+        if action.startswith(prefix):
+            return known
     # A missing or unknown Action still carries meaning through the status class.
     return {"5": "failed", "4": "delayed", "2": "delivered"}.get(status[:1], "")
 

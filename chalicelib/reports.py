@@ -1,14 +1,35 @@
-"""Reads delivery reports (RFC 3464 DSNs) from the bounce mailbox and applies them.
+"""Reads the bounce mailbox and applies what each message reports to the recipients.
 
-Mailu (Postfix) reports back to the envelope sender, the campaign's bounce
-mailbox. Each report is matched to a recipient by its envelope id (the
-campaign) and recipient address, or by the returned Message-ID:
-``delivered`` moves ``sent → delivered``; ``failed`` with a 5.x.x status moves
-it to ``bounced`` and suppresses the address; ``delayed`` is recorded as an
-event without changing state. Every change is conditional and every event has
-a deterministic id, so reading the same mailbox twice applies nothing twice.
-Reports that cannot be parsed or matched are kept in the mailbox, flagged and
-counted — never deleted unread.
+Every message goes through `chalicelib.bounces.read_bounce`: one verdict per address, from
+RFC 3464 reports (the project's parser), the other bounce formats (flufl.bounce) and
+auto-replies (their headers). A message is matched to its campaign by the envelope id (ENVID
+is the campaign id) or by a Message-ID it returns or refers to (ours are
+``<campaign_id.digest@domain>``), then each verdict to a recipient by address:
+
+- ``delivered`` (delivered, relayed, expanded: no further report will come):
+  ``sent → delivered``;
+- ``permanent``: the address is suppressed for the tenant, then ``sent|delivered → bounced``;
+- ``gave_up`` (``failed`` with a 4.x.x status, e.g. Postfix's queue lifetime ran out):
+  ``sent|delivered → failed`` with a "gave up" reason and no suppression (the reasons are in
+  `chalicelib.bounces`);
+- ``temporary`` and ``auto_reply``: an event only. An auto-reply never changes a state.
+
+Every failure, warning and auto-reply is also an event (``report_failed``,
+``report_delayed``, ``report_auto_reply``) with a deterministic id. Every transition is
+conditional, so reading the same mailbox twice applies nothing twice. Messages that cannot be
+classified or matched are kept in the mailbox, flagged and counted — never deleted unread.
+
+One report can name tens of thousands of recipients, so the work is bounded:
+
+- recipients are read 100 keys per BatchGetItem and events written 25 per BatchWriteItem (the
+  ids are deterministic and the aggregator counts only inserted events, so a rewrite is
+  harmless); only the transitions and suppressions are one call per recipient;
+- one run applies at most ``recipients_per_run`` verdicts and stops starting new slices after
+  ``time_budget_s``. A message that does not fit in what is left of a run stays unread for the
+  next run. One that is larger than a run is applied in slices of 100: how many verdicts are
+  done is kept in the stats table (``_reports`` / ``progress#<digest>``) after each slice, and
+  the message is marked read only once its last slice is applied. Nothing is lost if the
+  function dies mid-message: at most one slice is applied again, idempotently.
 """
 
 from __future__ import annotations
@@ -16,100 +37,267 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from chalicelib import bounces
+from chalicelib.bounces import BounceMessage, Verdict, read_bounce
 from chalicelib.clients import aws_client
-from chalicelib.dsn import DeliveryReport, RecipientReport, parse_delivery_report
 from chalicelib.mailbox_reader import ReportMailbox, open_mailbox
-from chalicelib.models import BOUNCED, DELIVERED, SENT, Campaign
-from chalicelib.recipients import current, history_entry
+from chalicelib.models import BOUNCED, DELIVERED, FAILED, SENT, Campaign
+from chalicelib.recipients import history_entry
 from chalicelib.settings import Settings
 from chalicelib.suppressions import suppress
 from chalicelib.timeutil import now_iso
 
 logger = logging.getLogger(__name__)
 
-BATCH = 500
+BATCH = 500  # messages fetched per run
+SLICE = 100  # verdicts per slice: one BatchGetItem of up to 100 keys
+BATCH_GET = 100  # DynamoDB's BatchGetItem limit
+BATCH_WRITE = 25  # DynamoDB's BatchWriteItem limit
+# Measured on the local runtime (see the 20,000-recipient test): about 2.5 ms of reader time
+# per permanent failure, so a full run stays far inside the function's 55 s timeout on AWS,
+# where one conditional write takes longer than on the emulator.
+RECIPIENTS_PER_RUN = 5_000
+TIME_BUDGET_S = 30.0
+_UNPROCESSED_RETRIES = 8
 COUNTERS_KEY = {"campaign_id": {"S": "_reports"}, "bucket": {"S": "totals"}}
 
+# What a verdict does: the states it may move a recipient from, and to.
+_TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    bounces.DELIVERED: ((SENT,), DELIVERED),
+    bounces.PERMANENT: ((SENT, DELIVERED), BOUNCED),
+    bounces.GAVE_UP: ((SENT, DELIVERED), FAILED),
+}
+# Event types, named after the RFC 3464 actions they stand for (whatever the format).
+_EVENT_TYPES = {
+    bounces.PERMANENT: "report_failed",
+    bounces.GAVE_UP: "report_failed",
+    bounces.TEMPORARY: "report_delayed",
+    bounces.AUTO_REPLY: "report_auto_reply",
+}
 
-def _campaign_of(report: DeliveryReport) -> str | None:
-    if report.envelope_id:
-        return report.envelope_id
-    if report.original_message_id:
-        # Our Message-IDs are <campaign_id.digest@domain>.
-        local = report.original_message_id.strip("<>").split("@", 1)[0]
+
+@dataclass
+class _Budget:
+    """What is left of one run: verdicts, and time to start another slice."""
+
+    recipients: int
+    deadline: float
+    clock: Callable[[], float] = time.monotonic
+    used: int = 0
+
+    @property
+    def left(self) -> int:
+        return self.recipients - self.used
+
+    def exhausted(self) -> bool:
+        return self.left <= 0 or self.clock() >= self.deadline
+
+
+@dataclass
+class _Progress:
+    """How far one message got, over however many runs it took."""
+
+    done: int = 0
+    matched: int = 0
+    applied: int = 0
+
+
+def _campaign_of(bounce: BounceMessage, domain: str) -> str | None:
+    if bounce.envelope_id:
+        return bounce.envelope_id
+    # Our Message-IDs are <campaign_id.digest@domain>; a returned report's own comes first.
+    ours = [m for m in bounce.message_ids if m.strip("<>").rsplit("@", 1)[-1].lower() == domain.lower()]
+    for message_id in ours or bounce.message_ids[:1]:
+        local = message_id.strip("<>").split("@", 1)[0]
         if "." in local:
             return local.split(".", 1)[0]
     return None
 
 
-class ReportReader:
-    """Applies delivery reports to recipients."""
+def _reply(verdict: Verdict) -> str:
+    """The recipient's last reply, as shown in /failures and its history."""
+    if verdict.action:
+        head = f"DSN {verdict.action} {verdict.status}".rstrip()
+    else:
+        head = f"bounce {verdict.kind}"
+    if verdict.kind == bounces.GAVE_UP:
+        head = f"gave up: {head}"
+    return head + (f": {verdict.diagnostic}" if verdict.diagnostic else "")
 
-    def __init__(self, settings: Settings) -> None:
+
+class ReportReader:
+    """Applies what the bounce mailbox reports to recipients, a bounded amount per run."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        recipients_per_run: int = RECIPIENTS_PER_RUN,
+        time_budget_s: float = TIME_BUDGET_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.client = aws_client("dynamodb", settings)
         self.recipients_table = settings.table_name("recipients")
         self.events_table = settings.table_name("events")
+        self.stats_table = settings.table_name("stats")
+        self.recipients_per_run = recipients_per_run
+        self.time_budget_s = time_budget_s
+        self._clock = clock
         self._tenants: dict[str, str | None] = {}
 
     def read(self, mailbox: ReportMailbox, limit: int = BATCH) -> dict[str, int]:
-        """Process up to ``limit`` unread reports; returns what happened, by kind."""
+        """Process unread messages, oldest first, within one run's budget; returns what happened, by kind.
+
+        ``partial`` counts a message left unread with its progress recorded, ``waiting`` one
+        left for the next run untouched.
+        """
+        budget = _Budget(self.recipients_per_run, self._clock() + self.time_budget_s, self._clock)
         summary: Counter[str] = Counter()
         for key, raw in mailbox.unread(limit):
+            if budget.exhausted():
+                break
             try:
-                outcome = self.apply(raw)
+                outcome = self._apply(raw, budget)
             except Exception:  # noqa: BLE001 - one bad report must not stop the reader; it stays unread
                 logger.exception("delivery report %s could not be applied; left for the next run", key)
                 summary["errors"] += 1
                 continue
+            summary[outcome] += 1
+            if outcome in ("partial", "waiting"):
+                break  # oldest first: it is the first message of the next run
             if outcome in ("unparsable", "unmatched"):
                 mailbox.mark_kept(key, outcome)
             else:
                 mailbox.mark_processed(key)
-            summary[outcome] += 1
         if summary:
             self._count(summary)
             logger.info("delivery reports: %s", dict(summary))
         return dict(summary)
 
     def apply(self, raw: bytes) -> str:
-        """Apply one report; returns ``applied``, ``recorded``, ``unparsable`` or ``unmatched``."""
-        report = parse_delivery_report(raw)
-        if report is None or not report.recipients:
-            return "unparsable"
-        campaign_id = _campaign_of(report)
-        if not campaign_id:
-            return "unmatched"
-        results = [self._apply_recipient(campaign_id, report, r) for r in report.recipients]
-        if all(r == "unmatched" for r in results):
-            return "unmatched"
-        return "applied" if "applied" in results else "recorded"
+        """Apply one whole message, whatever its size (tests and tools; the scheduled reader uses `read`).
 
-    def _apply_recipient(self, campaign_id: str, report: DeliveryReport, rcpt: RecipientReport) -> str:
-        candidates = [a for a in (rcpt.original_recipient, rcpt.final_recipient) if a]
-        recipient = next((r for a in candidates if (r := current(campaign_id, a)) is not None), None)
-        if recipient is None:
+        Returns ``applied``, ``recorded``, ``auto_reply``, ``unparsable`` or ``unmatched``.
+        """
+        return self._apply(raw, _Budget(recipients=1 << 62, deadline=float("inf")))
+
+    def _apply(self, raw: bytes, budget: _Budget) -> str:
+        bounce = read_bounce(raw)
+        if not bounce.verdicts and not bounce.auto_reply:
+            return "unparsable"
+        campaign_id = _campaign_of(bounce, self.settings.message_id_domain)
+        if not campaign_id or not bounce.verdicts:
+            # An auto-reply nobody can place is not worth a person's time either.
+            return "auto_reply" if bounce.auto_reply else "unmatched"
+        verdicts = bounce.verdicts
+        if len(verdicts) > budget.left and budget.used > 0:
+            return "waiting"
+        # Only a message that can take more than one slice can be left half applied.
+        progress_key = self._progress_key(raw) if len(verdicts) > min(SLICE, self.recipients_per_run) else None
+        progress = self._resume(progress_key) if progress_key else _Progress()
+        while progress.done < len(verdicts):
+            if budget.exhausted():
+                return "partial"
+            part = verdicts[progress.done : progress.done + min(SLICE, budget.left)]
+            matched, applied = self._apply_slice(campaign_id, bounce, part)
+            budget.used += len(part)
+            progress.done += len(part)
+            progress.matched += matched
+            progress.applied += applied
+            if progress_key:
+                self._save(progress_key, progress, matched, applied)
+        if bounce.auto_reply:
+            return "auto_reply"
+        if not progress.matched:
             return "unmatched"
-        email = recipient.email
-        reply = f"DSN {rcpt.action} {rcpt.status}" + (f": {rcpt.diagnostic}" if rcpt.diagnostic else "")
-        if rcpt.action != "delivered":
-            # A delivery is fully recorded by the recipient's transition (and its
-            # history); an event per delivered mail would cost a write per email.
-            self._record_event(campaign_id, email, report, rcpt, reply)
-        if rcpt.action == "delivered":
-            changed = self._transition(campaign_id, email, (SENT,), DELIVERED, reply)
-        elif rcpt.is_permanent_failure:
-            changed = self._transition(campaign_id, email, (SENT, DELIVERED), BOUNCED, reply)
-            if changed:
+        return "applied" if progress.applied else "recorded"
+
+    def _apply_slice(self, campaign_id: str, bounce: BounceMessage, verdicts: Sequence[Verdict]) -> tuple[int, int]:
+        """Apply up to 100 verdicts; returns how many matched a recipient and how many moved one."""
+        states = self._states(campaign_id, [a for v in verdicts for a in (v.address, v.other_address) if a])
+        matched: list[tuple[Verdict, str, str]] = []
+        for verdict in verdicts:
+            email = next((a for a in (verdict.address, verdict.other_address) if a and a in states), None)
+            if email is not None:
+                matched.append((verdict, email, states[email]))
+        self._record_events(campaign_id, bounce, [(v, e) for v, e, _ in matched if v.kind in _EVENT_TYPES])
+        applied = 0
+        for verdict, email, status in matched:
+            move = _TRANSITIONS.get(verdict.kind)
+            if move is None or status not in move[0]:
+                continue  # a warning or auto-reply, or already moved on (e.g. a report read twice)
+            reply = _reply(verdict)
+            if verdict.kind == bounces.PERMANENT:
+                # Suppressed before the transition: a recipient seen as bounced is always suppressed.
                 tenant = self._tenant(campaign_id)
                 if tenant:
                     suppress(tenant, email, f"bounced: {reply}", campaign_id)
-        else:
-            changed = False  # delayed, relayed, transient failure: recorded only
-        return "applied" if changed else "recorded"
+            if self._transition(campaign_id, email, move[0], move[1], reply):
+                applied += 1
+        return len(matched), applied
+
+    def _states(self, campaign_id: str, emails: list[str]) -> dict[str, str]:
+        """Current status of each named recipient that exists, read 100 keys per call (strongly consistent)."""
+        unique = list(dict.fromkeys(emails))
+        states: dict[str, str] = {}
+        for start in range(0, len(unique), BATCH_GET):
+            keys = [{"campaign_id": {"S": campaign_id}, "email": {"S": e}} for e in unique[start : start + BATCH_GET]]
+            request: dict[str, Any] = {
+                self.recipients_table: {
+                    "Keys": keys,
+                    "ConsistentRead": True,
+                    "ProjectionExpression": "email, #s",
+                    "ExpressionAttributeNames": {"#s": "status"},
+                }
+            }
+            for attempt in range(_UNPROCESSED_RETRIES):
+                response = self.client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self.recipients_table, []):
+                    states[item["email"]["S"]] = item.get("status", {}).get("S", "")
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(min(1.0, 0.05 * 2**attempt))  # throttled: AWS asks for backoff
+            else:
+                raise RuntimeError(f"recipients of {campaign_id} still unprocessed after {_UNPROCESSED_RETRIES} tries")
+        return states
+
+    def _record_events(self, campaign_id: str, bounce: BounceMessage, matched: list[tuple[Verdict, str]]) -> None:
+        if not matched:
+            return
+        at = now_iso()
+        about = bounce.message_ids[0] if bounce.message_ids else None
+        items: dict[str, dict[str, Any]] = {}
+        for verdict, email in matched:
+            # Deterministic id: the same report read twice is one event.
+            identity = f"{email}|{verdict.kind}|{verdict.status}|{bounce.envelope_id}|{about}"
+            event_id = "report#" + hashlib.sha256(identity.encode()).hexdigest()[:32]
+            detail = {"kind": verdict.kind, "status": verdict.status, "reply": _reply(verdict)[:500]}
+            items[event_id] = {
+                "campaign_id": {"S": campaign_id},
+                "event_id": {"S": event_id},
+                "type": {"S": _EVENT_TYPES[verdict.kind]},
+                "email": {"S": email},
+                "at": {"S": at},
+                "detail": {"S": json.dumps(detail)},
+            }
+        puts = [{"PutRequest": {"Item": item}} for item in items.values()]
+        for start in range(0, len(puts), BATCH_WRITE):
+            request: dict[str, Any] = {self.events_table: puts[start : start + BATCH_WRITE]}
+            for attempt in range(_UNPROCESSED_RETRIES):
+                request = self.client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
+                if not request:
+                    break
+                time.sleep(min(1.0, 0.05 * 2**attempt))  # throttled: AWS asks for backoff
+            else:
+                raise RuntimeError(f"events of {campaign_id} still unprocessed after {_UNPROCESSED_RETRIES} tries")
 
     def _transition(self, campaign_id: str, email: str, from_states: tuple[str, ...], to: str, reply: str) -> bool:
         at = now_iso()
@@ -137,28 +325,6 @@ class ReportReader:
             return False
         return True
 
-    def _record_event(
-        self, campaign_id: str, email: str, report: DeliveryReport, rcpt: RecipientReport, reply: str
-    ) -> None:
-        # Deterministic id: the same report read twice is one event.
-        identity = f"{email}|{rcpt.action}|{rcpt.status}|{report.envelope_id}|{report.original_message_id}"
-        event_id = "report#" + hashlib.sha256(identity.encode()).hexdigest()[:32]
-        try:
-            self.client.put_item(
-                TableName=self.events_table,
-                Item={
-                    "campaign_id": {"S": campaign_id},
-                    "event_id": {"S": event_id},
-                    "type": {"S": f"report_{rcpt.action}"},
-                    "email": {"S": email},
-                    "at": {"S": now_iso()},
-                    "detail": {"S": json.dumps({"status": rcpt.status, "reply": reply[:500]})},
-                },
-                ConditionExpression="attribute_not_exists(event_id)",
-            )
-        except self.client.exceptions.ConditionalCheckFailedException:
-            pass
-
     def _tenant(self, campaign_id: str) -> str | None:
         if campaign_id not in self._tenants:
             try:
@@ -167,11 +333,39 @@ class ReportReader:
                 self._tenants[campaign_id] = None
         return self._tenants[campaign_id]
 
+    @staticmethod
+    def _progress_key(raw: bytes) -> dict[str, Any]:
+        digest = hashlib.sha256(raw).hexdigest()[:40]
+        return {"campaign_id": {"S": "_reports"}, "bucket": {"S": f"progress#{digest}"}}
+
+    def _resume(self, key: dict[str, Any]) -> _Progress:
+        """Where an earlier run left this message (counting this run), through the one write the reader has."""
+        item = self.client.update_item(
+            TableName=self.stats_table,
+            Key=key,
+            UpdateExpression="ADD runs :one",
+            ExpressionAttributeValues={":one": {"N": "1"}},
+            ReturnValues="ALL_NEW",
+        )["Attributes"]
+        return _Progress(**{name: int(item[name]["N"]) for name in ("done", "matched", "applied") if name in item})
+
+    def _save(self, key: dict[str, Any], progress: _Progress, matched: int, applied: int) -> None:
+        self.client.update_item(
+            TableName=self.stats_table,
+            Key=key,
+            UpdateExpression="SET done = :done ADD matched :m, applied :a",
+            ExpressionAttributeValues={
+                ":done": {"N": str(progress.done)},
+                ":m": {"N": str(matched)},
+                ":a": {"N": str(applied)},
+            },
+        )
+
     def _count(self, summary: Counter[str]) -> None:
         names = {f"#k{i}": k for i, k in enumerate(summary)}
         values = {f":v{i}": {"N": str(v)} for i, v in enumerate(summary.values())}
         self.client.update_item(
-            TableName=self.settings.table_name("stats"),
+            TableName=self.stats_table,
             Key=COUNTERS_KEY,
             UpdateExpression="ADD " + ", ".join(f"#k{i} :v{i}" for i in range(len(summary))),
             ExpressionAttributeNames=names,

@@ -170,11 +170,11 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
     ),
     "read_delivery_reports": (
         LOGS,
-        _on("table:RecipientsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),
-        _on("table:EventsTable", "dynamodb:PutItem"),  # report events (not for deliveries)
+        _on("table:RecipientsTable", "dynamodb:BatchGetItem", "dynamodb:UpdateItem"),  # 100 looked up per call
+        _on("table:EventsTable", "dynamodb:BatchWriteItem"),  # report events (not for deliveries), 25 per call
         _on("table:CampaignsTable", "dynamodb:GetItem"),  # the tenant, to suppress a bounce
         _on("table:SuppressionsTable", "dynamodb:PutItem"),
-        _on("table:StatsTable", "dynamodb:UpdateItem"),  # the reader's own counters
+        _on("table:StatsTable", "dynamodb:UpdateItem"),  # the reader's own counters and a long report's progress
     ),
     "record_stream_failures": (
         LOGS,

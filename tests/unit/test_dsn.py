@@ -2,7 +2,8 @@
 
 The samples under tests/events/dsn/ follow RFC 3464's examples and the formats of Postfix,
 Exim, Exchange Online, Gmail and RFC 6533 (global) reports, plus mail that only looks like
-a bounce.
+a bounce: Postfix giving up after its queue lifetime (``failed`` with 4.x.x), an SMTP reply
+code in the Status field, ``expanded`` and ``relayed`` reports, and auto-replies.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.unit
 
 SAMPLES = Path(__file__).resolve().parents[1] / "events" / "dsn"
 CAMPAIGN = "cmp-01HG7Z3K9Q"
+CAMPAIGN_ID = "0b3d9a51e2c84f7a9d1e6c2b8a4f7e10"  # the newer samples use real (uuid4 hex) campaign ids
 
 
 def sample(name: str) -> bytes:
@@ -191,9 +193,79 @@ EXPECTED = {
             ),
         ),
     ),
+    "postfix_gave_up.eml": DeliveryReport(
+        envelope_id=CAMPAIGN_ID,
+        original_message_id=f"<{CAMPAIGN_ID}.1f3870be274f6c49b3e31a0c6728957f@mailpipe.local>",
+        reporting_mta="mail.mailpipe.local",
+        recipients=(
+            RecipientReport(
+                final_recipient="carol@slow.example.net",
+                original_recipient="carol@slow.example.net",
+                action="failed",
+                status="4.4.1",
+                diagnostic="delivery temporarily suspended: connect to mx.slow.example.net[203.0.113.9]:25: "
+                "Connection timed out",
+            ),
+            RecipientReport(
+                final_recipient="dan@slow.example.net",
+                original_recipient="dan@slow.example.net",
+                action="failed",
+                status="4.4.7",
+                diagnostic="message expired",
+            ),
+        ),
+    ),
+    "status_reply_code.eml": DeliveryReport(
+        envelope_id=None,
+        original_message_id=f"<{CAMPAIGN_ID}.c4ca4238a0b923820dcc509a6f75849b@mailpipe.local>",
+        reporting_mta="mx1.example.be",
+        recipients=(
+            RecipientReport(
+                final_recipient="lena@example.be",
+                original_recipient=None,
+                action="failed",
+                status="5.0.0",
+                diagnostic="553 Requested action not taken: mailbox name not allowed",
+            ),
+            RecipientReport(
+                final_recipient="mark@example.be",
+                original_recipient=None,
+                action="failed",
+                status="4.2.2",
+                diagnostic="452 4.2.2 Mailbox full, message expired in queue",
+            ),
+        ),
+    ),
+    "expanded.eml": DeliveryReport(
+        envelope_id=CAMPAIGN_ID,
+        original_message_id=f"<{CAMPAIGN_ID}.7815696ecbf1c96e6894b779456d330e@mailpipe.local>",
+        reporting_mta="lists.example.net",
+        recipients=(
+            RecipientReport(
+                final_recipient="team@lists.example.net",
+                original_recipient=None,
+                action="expanded",
+                status="2.0.0",
+                diagnostic=None,
+            ),
+            RecipientReport(
+                final_recipient="owen@example.net",
+                original_recipient=None,
+                action="relayed",
+                status="2.0.0",
+                diagnostic="250 2.0.0 Ok: queued as 4SgBv21HxQz4x",
+            ),
+        ),
+    ),
 }
 
-NOT_REPORTS = ["plain_text_bounce.eml", "auto_reply.eml", "truncated_garbage.eml"]
+NOT_REPORTS = [
+    "plain_text_bounce.eml",
+    "auto_reply.eml",
+    "truncated_garbage.eml",
+    "vacation_sieve.eml",
+    "x_autoreply.eml",
+]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -308,3 +380,82 @@ def test_missing_action_is_inferred_from_status_class() -> None:
 )
 def test_xtext_decode(encoded: str, decoded: str) -> None:
     assert xtext_decode(encoded) == decoded
+
+
+def test_failed_with_a_transient_status_is_a_give_up_not_a_hard_bounce() -> None:
+    report = parse_delivery_report(sample("postfix_gave_up.eml"))
+    assert report is not None
+    assert [(r.status, r.gave_up, r.is_permanent_failure, r.is_final) for r in report.recipients] == [
+        ("4.4.1", True, False, True),
+        ("4.4.7", True, False, True),
+    ]
+
+
+def test_expanded_relayed_and_delivered_are_final_and_delayed_is_not() -> None:
+    expanded = parse_delivery_report(sample("expanded.eml"))
+    delayed = parse_delivery_report(sample("postfix_delayed.eml"))
+    assert expanded is not None and delayed is not None
+    assert [(r.action, r.is_final, r.gave_up) for r in expanded.recipients] == [
+        ("expanded", True, False),
+        ("relayed", True, False),
+    ]
+    assert not delayed.recipients[0].is_final
+
+
+def _one_recipient(fields: str) -> RecipientReport:
+    raw = (
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="r"\n\n'
+        b"--r\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.com\n\n"
+        + fields.encode()
+        + b"\n\n--r--\n"
+    )
+    report = parse_delivery_report(raw)
+    assert report is not None
+    (recipient,) = report.recipients
+    return recipient
+
+
+@pytest.mark.parametrize(
+    ("fields", "action", "status", "diagnostic"),
+    [
+        # An SMTP reply code where the enhanced code belongs: its class is understood.
+        ("Action: failed\nStatus: 553 sorry, no such user", "failed", "5.0.0", "553 sorry, no such user"),
+        ("Action: failed\nStatus: 421", "failed", "4.0.0", "421"),
+        # The diagnostic's enhanced code refines the reply code when the classes agree…
+        (
+            "Action: failed\nStatus: 550\nDiagnostic-Code: smtp; 550 5.1.1 no such user",
+            "failed",
+            "5.1.1",
+            "550 5.1.1 no such user",
+        ),
+        # …and does not override it when they disagree.
+        (
+            "Action: failed\nStatus: 554\nDiagnostic-Code: smtp; 451 4.3.0 try later",
+            "failed",
+            "5.0.0",
+            "451 4.3.0 try later",
+        ),
+        # Actions as some MTAs misspell them.
+        ("Action: failure\nStatus: 5.1.1", "failed", "5.1.1", None),
+        ("Action: error\nStatus: 5.0.0", "failed", "5.0.0", None),
+        ("Action: Delayed (will retry)\nStatus: 4.4.1", "delayed", "4.4.1", None),
+    ],
+)
+def test_status_and_action_as_real_mtas_write_them(
+    fields: str, action: str, status: str, diagnostic: str | None
+) -> None:
+    recipient = _one_recipient(f"Final-Recipient: rfc822; x@example.com\n{fields}")
+    assert (recipient.action, recipient.status, recipient.diagnostic) == (action, status, diagnostic)
+
+
+def test_an_x400_final_recipient_gives_way_to_the_original_address() -> None:
+    recipient = _one_recipient(
+        "Original-Recipient: rfc822; zed@example.uk\nFinal-Recipient: x400; /S=zed/OU=example/PRMD=UK.AC/ADMD= /C=GB/\n"
+        "Action: failed\nStatus: 4.4.7"
+    )
+    assert (recipient.final_recipient, recipient.original_recipient) == ("zed@example.uk", "zed@example.uk")
+
+
+def test_a_non_mail_address_type_holding_an_address_is_read() -> None:
+    recipient = _one_recipient("Final-Recipient: LOCAL;<yo@example.com>\nAction: failed\nStatus: 5.1.1")
+    assert recipient.final_recipient == "yo@example.com"
