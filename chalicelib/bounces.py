@@ -55,7 +55,7 @@ from email.utils import parseaddr
 
 from flufl.bounce import all_failures
 
-from chalicelib.dsn import RecipientReport, parse_delivery_report
+from chalicelib.dsn import RecipientReport, parse_delivery_message
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ _MESSAGE_ID_FIELD = re.compile(
     r"^[ \t>]*(?:message-id|in-reply-to|references)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE
 )
 _MESSAGE_ID = re.compile(r"<([^<>\s@]+@[^<>\s@]+)>")
+_STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 _AUTO_REPLY_FIELDS = ("x-autoreply", "x-autorespond")
 _AUTO_REPLY_PRECEDENCE = ("precedence", "x-precedence")
 # RFC 2142 / RFC 5321 mailboxes that send mail systems' reports, never a person's reply.
@@ -144,7 +145,7 @@ def _read(raw: bytes) -> BounceMessage:
     raw = bytes(raw)
     message = message_from_bytes(raw)
     message_ids = _referenced_message_ids(message)
-    report = parse_delivery_report(raw)
+    report = parse_delivery_message(message)
     if report is not None:
         verdicts = _dedupe(v for v in (_from_report(r) for r in report.recipients) if v is not None)
         if verdicts:
@@ -270,15 +271,22 @@ def _referenced_message_ids(message: Message) -> tuple[str, ...]:
     found: list[str] = []
     for name in ("in-reply-to", "references"):
         found.extend(_ids_in(_raw_header(message, name)))
-    for part in message.walk():
+    stack = [message]
+    while stack:
+        part = stack.pop()
         if part is not message:
             for name in ("message-id", "in-reply-to", "references"):
                 found.extend(_ids_in(_raw_header(part, name)))
-        if part.is_multipart() or part.get_content_maintype() not in ("text", "message"):
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            if part.get_content_type() not in _STATUS_TYPES:  # its blocks hold no Message-ID, and can be 20,000
+                stack.extend(reversed([p for p in payload if isinstance(p, Message)]))
             continue
-        payload = part.get_payload(decode=True)
-        if isinstance(payload, bytes) and payload:
-            text = payload[:_MAX_SCANNED_TEXT].decode("utf-8", "replace")
+        if part.get_content_maintype() not in ("text", "message"):
+            continue
+        body = part.get_payload(decode=True)
+        if isinstance(body, bytes) and body:
+            text = body[:_MAX_SCANNED_TEXT].decode("utf-8", "replace")
             for match in _MESSAGE_ID_FIELD.finditer(text):
                 found.extend(_ids_in(match.group(1)))
     return _unique(found)

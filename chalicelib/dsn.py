@@ -94,6 +94,14 @@ def parse_delivery_report(raw: bytes) -> DeliveryReport | None:
         return None
 
 
+def parse_delivery_message(message: Message) -> DeliveryReport | None:
+    """`parse_delivery_report` for a message the caller has already parsed (a large report is parsed once)."""
+    try:
+        return _parse_message(message)
+    except Exception:  # noqa: BLE001 - garbage from the internet must never stop the reader
+        return None
+
+
 def xtext_decode(value: str) -> str:
     """Undo RFC 3461 xtext ("+2B" is "+"); a "+" not followed by two upper-case hex digits is kept.
 
@@ -108,7 +116,10 @@ def xtext_decode(value: str) -> str:
 def _parse(raw: bytes) -> DeliveryReport | None:
     if not isinstance(raw, (bytes, bytearray)) or not raw.strip():
         return None
-    message = message_from_bytes(bytes(raw))
+    return _parse_message(message_from_bytes(bytes(raw)))
+
+
+def _parse_message(message: Message) -> DeliveryReport | None:
     status_part, returned_part = _find_parts(message)
     if status_part is None:
         return None
