@@ -159,10 +159,7 @@ def _read(raw: bytes) -> BounceMessage:
     if _marked_auto_reply(message) or _auto_submitted(message, sender):
         # Decided before any text heuristic runs: a responder's prose must never bounce anyone.
         return BounceMessage(verdicts=_auto_reply(sender, message), message_ids=message_ids, auto_reply=True)
-    verdicts = _other_formats(message)
-    if verdicts:
-        return BounceMessage(verdicts=verdicts, message_ids=message_ids)
-    return BounceMessage(verdicts=(), message_ids=message_ids)
+    return BounceMessage(verdicts=_other_formats(message), message_ids=message_ids)
 
 
 def _from_report(rcpt: RecipientReport) -> Verdict | None:
