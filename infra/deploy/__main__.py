@@ -91,11 +91,15 @@ def _literal_arns(stage: str, outputs: dict[str, str], identity: dict[str, Any],
     )
 
 
-def _write_policies(project: Path, stage: str, resolver: iam.ArnResolver) -> tuple[dict[str, str], bool]:
+def _write_policies(
+    project: Path, stage: str, resolver: iam.ArnResolver, emulator: ministack_gaps.MiniStack | None = None
+) -> tuple[dict[str, str], bool]:
     """One policy file per function under .chalice/policies/STAGE; returns (function -> config path, changed)."""
     directory = project / ".chalice" / "policies" / stage
     before = {p.name: p.read_text() for p in directory.glob("*.json")} if directory.exists() else {}
     written = iam.write_policy_files(directory, resolver)
+    if emulator is not None:
+        emulator.name_batch_actions(written.values())
     after = {p.name: p.read_text() for p in directory.glob("*.json")}
     relative = {fn: str(path.relative_to(project / ".chalice")) for fn, path in written.items()}
     return relative, before != after
@@ -145,7 +149,7 @@ def deploy(stage: str, parameters: dict[str, str], project: Path = PROJECT_ROOT,
     identity = clients["sts"].get_caller_identity()
     deployed = stage_config.deployed_resources(project, stage)
     environment.update(_websocket_environment(deployed, emulator))
-    policies, _ = _write_policies(project, stage, _literal_arns(stage, outputs, identity, deployed))
+    policies, _ = _write_policies(project, stage, _literal_arns(stage, outputs, identity, deployed), emulator)
     recorded = stage_config.record_stage(config, stage, environment, policies)
     print(f"      {'changed' if recorded else 'unchanged'}: .chalice/config.json stage {stage}", flush=True)
 
@@ -156,7 +160,8 @@ def deploy(stage: str, parameters: dict[str, str], project: Path = PROJECT_ROOT,
     # pushing functions' policies its id. Record both and deploy once more.
     websocket = deployed.get("websocket_api") or {}
     more = _websocket_environment(deployed, emulator)
-    policies, policies_changed = _write_policies(project, stage, _literal_arns(stage, outputs, identity, deployed))
+    arns = _literal_arns(stage, outputs, identity, deployed)
+    policies, policies_changed = _write_policies(project, stage, arns, emulator)
     if stage_config.record_stage(config, stage, more, policies) or policies_changed:
         print("      the WebSocket API is new: recording it and deploying again", flush=True)
         _chalice(project, "deploy", "--stage", stage, emulator=emulator)

@@ -36,6 +36,15 @@ Departures found with MiniStack 1.5.33, and what is done about each:
    (``https://{domainName}/{stage}``, right on AWS) is unreachable. The stage
    records ``WEBSOCKET_MANAGEMENT_URL`` (which settings already honour) and a
    ``WEBSOCKET_URL`` the dashboard can reach, both on MiniStack's port.
+8. With ``AUTH=true`` MiniStack enforces the functions' IAM policies, but asks
+   for an action named after each operation, ``sqs:SendMessageBatch`` among
+   them; AWS authorizes SQS's batch operations by the single-message action
+   (``sqs:SendMessage``, ``sqs:DeleteMessage``, ``sqs:ChangeMessageVisibility``)
+   and has no batch actions. :meth:`MiniStack.name_batch_actions` adds the
+   batch names beside those actions in the stage's policy files, on the same
+   resources: nothing more is granted.
+
+Not a departure but a pace: :func:`poll_lambda_every_second`.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +68,12 @@ HEALTH_PATH = "/_ministack/health"
 # Departures are pinned against this version; another one is still used, with a warning.
 KNOWN_VERSION = "1.5.33"
 
+# The SQS action AWS checks for a batch operation → the name MiniStack checks instead.
+_SQS_BATCH_ACTIONS = {
+    "sqs:SendMessage": "sqs:SendMessageBatch",
+    "sqs:DeleteMessage": "sqs:DeleteMessageBatch",
+    "sqs:ChangeMessageVisibility": "sqs:ChangeMessageVisibilityBatch",
+}
 _HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "x-amazon-apigateway-any-method"}
 _API_PARAMS = "mailpipe_ministack_api_params"
 
@@ -103,6 +119,12 @@ class MiniStack:
         http = self.execute_api_url(deployed_url)
         return {"WEBSOCKET_URL": "ws" + http.removeprefix("http"), "WEBSOCKET_MANAGEMENT_URL": http}
 
+    def name_batch_actions(self, policy_files: Iterable[Path]) -> None:
+        """Rewrite each policy file with :func:`with_batch_action_names` (departure 8)."""
+        for path in policy_files:
+            document = with_batch_action_names(json.loads(path.read_text(encoding="utf-8")))
+            path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
     def complete_resources(self, session: Any, template: Template) -> list[str]:
         """Set what MiniStack's CloudFormation dropped (departure 6); returns what was changed."""
         changed: list[str] = []
@@ -137,6 +159,16 @@ class MiniStack:
                 sns.set_topic_attributes(TopicArn=arn, AttributeName="KmsMasterKeyId", AttributeValue=key)
                 changed.append(f"{name}: KmsMasterKeyId {key}")
         return changed
+
+
+def with_batch_action_names(document: dict[str, Any]) -> dict[str, Any]:
+    """The policy with, beside each SQS action AWS also checks for a batch operation, that operation's name."""
+    document = copy.deepcopy(document)
+    for statement in document.get("Statement") or []:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        batch = [_SQS_BATCH_ACTIONS[a] for a in actions if a in _SQS_BATCH_ACTIONS]
+        statement["Action"] = list(dict.fromkeys([*actions, *batch]))
+    return document
 
 
 def _topics(sns: Any) -> list[dict[str, str]]:

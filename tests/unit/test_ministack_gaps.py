@@ -152,3 +152,24 @@ def test_deployed_urls_become_ministack_urls() -> None:
 def test_no_endpoint_is_no_ministack() -> None:
     assert ministack_gaps.detect(None) is None
     assert ministack_gaps.detect("") is None
+
+
+def test_sqs_batch_operations_are_named_beside_the_action_aws_checks_for_them() -> None:
+    queue = "arn:aws:sqs:us-east-1:123456789012:mailpipe-local-send"
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["sqs:SendMessage", "sqs:DeleteMessage"], "Resource": [queue]},
+            {"Effect": "Allow", "Action": "dynamodb:UpdateItem", "Resource": "arn:aws:dynamodb:::table/x"},
+        ],
+    }
+
+    named = ministack_gaps.with_batch_action_names(policy)
+
+    assert named["Statement"][0] == {
+        "Effect": "Allow",
+        "Action": ["sqs:SendMessage", "sqs:DeleteMessage", "sqs:SendMessageBatch", "sqs:DeleteMessageBatch"],
+        "Resource": [queue],
+    }
+    assert named["Statement"][1]["Action"] == ["dynamodb:UpdateItem"]
+    assert ministack_gaps.with_batch_action_names(named) == named  # a second deploy changes no policy file
