@@ -17,7 +17,8 @@ Departures found with MiniStack 1.5.33, and what is done about each:
    ``CreateResource``, ``PutMethod``, ``PutIntegration`` and their responses,
    ``PutGatewayResponse``), as AWS builds it on import. ``mode=overwrite``
    first removes what the definition replaces (resources, methods,
-   authorizers, gateway responses), as AWS does; the API keeps its id and stages.
+   authorizers, gateway responses: the deploy step puts its own back, as it
+   does after every `chalice deploy` on AWS); the API keeps its id and stages.
 3. ``DeleteResource`` leaves the resource's children behind (AWS deletes the
    subtree): the overwrite deletes deepest paths first.
 4. ``UpdateRestApi`` patch paths into lists (``/binaryMediaTypes/image~1png``)
