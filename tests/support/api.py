@@ -68,6 +68,19 @@ class Api:
                 raise AssertionError(f"campaign not done after {timeout_s}s: {campaign}")
             time.sleep(0.5)
 
+    def wait_for_counts(self, campaign_id: str, expected: dict[str, int], timeout_s: float = 60) -> dict[str, Any]:
+        """Poll until the campaign's counts include ``expected`` (the aggregator counts asynchronously)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, campaign = self.call("GET", f"/campaigns/{campaign_id}")
+            assert status == 200, campaign
+            counts = campaign.get("counts") or {}
+            if all(counts.get(k) == v for k, v in expected.items()):
+                return campaign
+            if time.monotonic() > deadline:
+                raise AssertionError(f"counts never reached {expected}: {counts}")
+            time.sleep(0.2)
+
     def all_recipients(self, campaign_id: str, status: str | None = None) -> list[dict[str, Any]]:
         """Every recipient, following pagination."""
         out: list[dict[str, Any]] = []
