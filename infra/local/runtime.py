@@ -255,13 +255,19 @@ class LocalRuntime:
         self._scheduler_stop.set()
         if self._scheduler:
             self._scheduler.join(timeout=30)
-        for source in self.sources.values():
+        queues = [s for s in self.sources.values() if isinstance(s, SqsEventSource)]
+        for source in queues:
             source.signal_stop()  # all at once: each may be in a long poll
-        for source in self.sources.values():
+        for source in queues:
             source.stop()
-        self.sources.clear()
         if self.api:
             self.api.stop()
+        # Nothing writes any more: let the aggregators read what the streams still hold,
+        # which MiniStack would drop on stopping (it does not keep stream records).
+        for source in self.sources.values():
+            if isinstance(source, StreamEventSource):
+                source.drain()
+        self.sources.clear()
         if self.gateway:
             self.gateway.stop()
         wiring.reset()
