@@ -206,6 +206,7 @@ def start_moto(host: str, port: int, region: str) -> Emulator:
     from moto import mock_aws
     from moto.server import ThreadedMotoServer
 
+    _fake_credentials()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     _serialize_stream_appends()
     _serialize_queue_deletes()
@@ -239,6 +240,7 @@ def start_ministack(
     missing = ministack_missing()
     if missing:
         raise EmulatorError(missing)
+    _fake_credentials()
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.parent / "ministack.log"
     for attempt in range(attempts):
