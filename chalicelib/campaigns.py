@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -12,6 +13,7 @@ from chalicelib.auth import Principal
 from chalicelib.errors import Conflict, InvalidCampaign, NotFound
 from chalicelib.live import stats_payload
 from chalicelib.models import (
+    CAMPAIGN_CACHE_S,
     CAMPAIGN_SENDING,
     COMPLETED,
     COMPLETED_WITH_FAILURES,
@@ -268,7 +270,9 @@ def resume(campaign: Campaign, settings: Settings) -> dict[str, Any]:
         for r in Recipient.status_index.query(campaign.campaign_id, Recipient.status == state)
     ]
     if open_emails:
-        enqueue_release(campaign.campaign_id, open_emails, settings)
+        # A warm sender may still hold the campaign as paused for CAMPAIGN_CACHE_S and
+        # would acknowledge a job without sending it; the new jobs arrive after that.
+        enqueue_release(campaign.campaign_id, open_emails, settings, delay_s=math.ceil(CAMPAIGN_CACHE_S) + 1)
     return {"campaign_id": campaign.campaign_id, "status": CAMPAIGN_SENDING, "requeued": len(open_emails)}
 
 

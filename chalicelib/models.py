@@ -39,6 +39,9 @@ FAILURE_STATES = frozenset({BOUNCED, FAILED, SUPPRESSED})
 QUEUED = "queued"
 CAMPAIGN_SENDING = "sending"
 PAUSED = "paused"
+# How long a warm sender may act on a campaign's cached status: the lag of a pause, and
+# how long a resume holds back its new jobs so that no sender still takes it for paused.
+CAMPAIGN_CACHE_S = 2.0
 COMPLETED = "completed"
 COMPLETED_WITH_FAILURES = "completed_with_failures"
 

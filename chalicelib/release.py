@@ -48,11 +48,11 @@ def send_job_body(campaign_id: str, email: str) -> dict[str, str]:
     return {"c": campaign_id, "e": email}
 
 
-def enqueue_release(campaign_id: str, emails: list[str], settings: Settings) -> int:
+def enqueue_release(campaign_id: str, emails: list[str], settings: Settings, delay_s: int = 0) -> int:
     """Put a campaign's recipients on the release queue in chunks; returns the chunk count."""
     size = max(1, settings.release_chunk_size)
     chunks = [ChunkJob(campaign_id, tuple(emails[i : i + size])).to_body() for i in range(0, len(emails), size)]
-    Queue(aws_client("sqs", settings), settings.release_queue_url).send_jobs(chunks)
+    Queue(aws_client("sqs", settings), settings.release_queue_url).send_jobs(chunks, delay_s=delay_s)
     return len(chunks)
 
 

@@ -26,6 +26,7 @@ from chalicelib import recipients as store
 from chalicelib.errors import PermanentDeliveryError, TemporaryDeliveryError
 from chalicelib.models import (
     BOUNCED,
+    CAMPAIGN_CACHE_S,
     DEFERRED,
     FAILED,
     FINAL_STATES,
@@ -64,7 +65,7 @@ class CampaignCache:
     The TTL bounds how long a pause takes to reach warm senders.
     """
 
-    def __init__(self, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl_s: float = CAMPAIGN_CACHE_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self.clock = clock
         self._items: dict[str, tuple[float, CampaignView | None]] = {}

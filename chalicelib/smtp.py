@@ -158,10 +158,15 @@ class SmtpPool:
             smtp: aiosmtplib.SMTP | None = None
             try:
                 smtp = await self._checkout()
-                mail_options = ["RET=HDRS"]
-                if envelope.envelope_id:
-                    mail_options.append(f"ENVID={xtext(envelope.envelope_id)}")
-                rcpt_options = ["NOTIFY=SUCCESS,FAILURE,DELAY", f"ORCPT=rfc822;{xtext(envelope.recipient)}"]
+                mail_options: list[str] = []
+                rcpt_options: list[str] = []
+                # DSN parameters only to a relay that offers DSN (RFC 3461): one that
+                # does not answers 555 to them, and every mail would be deferred.
+                if smtp.supports_extension("dsn"):
+                    mail_options.append("RET=HDRS")
+                    if envelope.envelope_id:
+                        mail_options.append(f"ENVID={xtext(envelope.envelope_id)}")
+                    rcpt_options = ["NOTIFY=SUCCESS,FAILURE,DELAY", f"ORCPT=rfc822;{xtext(envelope.recipient)}"]
                 _, reply = await smtp.sendmail(
                     envelope.sender,
                     [envelope.recipient],

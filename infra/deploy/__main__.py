@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import yaml
 
 from infra.deploy import iam, stage_config
 from infra.deploy.mappings import apply_mapping_settings
 from infra.deploy.stack import ResourcesTemplate, delete_stack, delete_tables, deploy_stack
-from infra.local.template import Template
+from infra.local.template import Template, _CfnLoader
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 APP_NAME = "mailpipe"
@@ -188,11 +189,22 @@ def destroy(stage: str, delete_all_tables: bool, project: Path = PROJECT_ROOT, r
 
 
 def package(stage: str, out_dir: Path, project: Path = PROJECT_ROOT) -> Path:
-    """`chalice package --merge-template infra/resources.yaml` with one policy per function."""
+    """`chalice package --merge-template infra/resources.yaml` with one policy per function.
+
+    Each function's FunctionName is pinned to the name `chalice deploy` gives it,
+    which its role's log-group grant names (Chalice's template leaves it unset,
+    and a role cannot name its own function's generated name: that is a cycle).
+    """
     policies, _ = _write_policies(project, stage, iam.TemplateArns(stage=stage, app_name=APP_NAME))
     stage_config.record_stage(project / ".chalice" / "config.json", stage, {}, policies)
     _chalice(project, "package", "--stage", stage, "--merge-template", "infra/resources.yaml", str(out_dir))
-    return out_dir / "sam.yaml"
+    sam = out_dir / "sam.yaml"
+    template = yaml.load(sam.read_text(), Loader=_CfnLoader)
+    for function in policies:
+        resource = template["Resources"][iam.function_logical_id(function)]
+        resource["Properties"]["FunctionName"] = iam.function_physical_name(function, APP_NAME, stage)
+    sam.write_text(yaml.safe_dump(template, sort_keys=False))
+    return sam
 
 
 def _parameters(pairs: list[str]) -> dict[str, str]:

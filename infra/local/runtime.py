@@ -471,30 +471,35 @@ class LocalRuntime:
 
             while not self._scheduler_stop.wait(self.config.schedule_interval_s):
                 for source in scheduled:
-                    event = {
-                        "version": "0",
-                        "id": str(time.time()),
-                        "detail-type": "Scheduled Event",
-                        "source": "aws.events",
-                        "account": "123456789012",
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "region": self.emulator.region if self.emulator else "us-east-1",
-                        "resources": [f"arn:aws:events:us-east-1:123456789012:rule/{source.name}"],
-                        "detail": {},
-                    }
                     try:
-                        self.app.handler_map[source.name](event, LambdaContext(source.name))
+                        self.app.handler_map[source.name](
+                            self._scheduled_event(source.name), LambdaContext(source.name)
+                        )
                     except Exception:  # noqa: BLE001 - a failed run is retried at the next tick, as on AWS
                         logger.exception("scheduled function %s failed", source.name)
 
         self._scheduler = threading.Thread(target=run, name="scheduler", daemon=True)
         self._scheduler.start()
 
+    def _scheduled_event(self, name: str) -> dict[str, Any]:
+        """The EventBridge event a schedule rule delivers (Chalice's CloudWatchEvent needs every field)."""
+        return {
+            "version": "0",
+            "id": str(time.time()),
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": "123456789012",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": self.emulator.region if self.emulator else "us-east-1",
+            "resources": [f"arn:aws:events:us-east-1:123456789012:rule/{name}"],
+            "detail": {},
+        }
+
     def run_scheduled(self, name: str) -> Any:
         """Invoke a scheduled function now (tests, demos)."""
         from infra.local.lambda_context import LambdaContext
 
-        return self.app.handler_map[name]({"detail-type": "Scheduled Event", "detail": {}}, LambdaContext(name))
+        return self.app.handler_map[name](self._scheduled_event(name), LambdaContext(name))
 
     def external_client(self, service: str) -> Any:
         """A boto3 client for another process's view of the emulator (over HTTP)."""

@@ -178,3 +178,13 @@ def test_queues_and_the_topic_are_encrypted(template: dict) -> None:
             assert resource["Properties"]["SqsManagedSseEnabled"] is True, name
         if resource["Type"] == "AWS::SNS::Topic":
             assert resource["Properties"]["KmsMasterKeyId"], name
+
+
+def test_each_function_is_named_as_its_log_grant_names_it(template: dict) -> None:
+    # A role cannot name its own function's generated name, so the name is pinned.
+    for name, function in _functions(template).items():
+        physical = function["Properties"]["FunctionName"]
+        role = template["Resources"][function["Properties"]["Role"]["Fn::GetAtt"][0]]
+        statements = [st for policy in role["Properties"]["Policies"] for st in policy["PolicyDocument"]["Statement"]]
+        logs = [st for st in statements if any(str(a).startswith("logs:") for a in st["Action"])]
+        assert logs and all(f"/aws/lambda/{physical}:*" in str(st["Resource"]) for st in logs), name

@@ -62,24 +62,33 @@ class Deployment:
     def client(self, service: str) -> Any:
         return self.session.client(service, endpoint_url=self.endpoint)
 
+    def environment(self) -> dict[str, str]:
+        """What a user sets to point the deploy at this endpoint."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
     def make(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = dict(
-            os.environ,
-            AWS_ENDPOINT_URL=self.endpoint,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        env.pop("AWS_PROFILE", None)
+        env = dict(os.environ, **self.environment())
+        for inherited in ("AWS_PROFILE", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"):  # `make test` runs this test
+            env.pop(inherited, None)
         venv = Path(sys.executable).parent.parent
         result = subprocess.run(
-            ["make", *args, f"VENV={venv}"], cwd=self.project, env=env, capture_output=True, text=True, timeout=900
+            ["make", "--no-print-directory", *args, f"VENV={venv}"],
+            cwd=self.project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         return result
 
     def summary(self, result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
 
     def outputs(self) -> dict[str, str]:
         stack = self.client("cloudformation").describe_stacks(StackName=PREFIX)["Stacks"][0]
@@ -242,6 +251,19 @@ def _resource_id(apigw: Any, api_id: str, path: str) -> str:
     return next(r["id"] for r in apigw.get_resources(restApiId=api_id)["items"] if r["path"] == path)
 
 
+def test_the_rest_api_answers_its_own_errors_in_the_json_shape_and_is_throttled(deployment: Deployment) -> None:
+    apigw = deployment.client("apigateway")
+    (api,) = apigw.get_rest_apis()["items"]
+    responses = {r["responseType"]: r for r in apigw.get_gateway_responses(restApiId=api["id"])["items"]}
+
+    unknown_route = responses["MISSING_AUTHENTICATION_TOKEN"]
+    assert unknown_route["statusCode"] == "404"
+    assert json.loads(unknown_route["responseTemplates"]["application/json"])["error"] == "not_found"
+    assert json.loads(responses["UNAUTHORIZED"]["responseTemplates"]["application/json"])["error"] == "unauthorized"
+    settings = apigw.get_stage(restApiId=api["id"], stageName=STAGE)["methodSettings"]["*/*"]
+    assert settings["throttlingRateLimit"] == 100.0 and settings["throttlingBurstLimit"] == 200
+
+
 def test_the_websocket_api_routes_to_its_three_functions(deployment: Deployment) -> None:
     v2 = deployment.client("apigatewayv2")
     (api,) = v2.get_apis()["Items"]
@@ -317,3 +339,21 @@ def test_destroy_removes_the_app_the_stack_and_a_dev_stage_tables(deployment: De
         s["StackStatus"] == "DELETE_COMPLETE" for s in deployment.client("cloudformation").describe_stacks()["Stacks"]
     )
     assert not [t for t in deployment.client("dynamodb").list_tables()["TableNames"] if t.startswith(PREFIX)]
+
+
+def test_destroy_keeps_a_prod_stage_tables_unless_told(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the resources stack: what destroy does to tables does not depend on the app.
+    from infra.deploy.__main__ import destroy
+    from infra.deploy.stack import ResourcesTemplate, deploy_stack
+
+    for name, value in deployment.environment().items():
+        monkeypatch.setenv(name, value)
+    deploy_stack(deployment.client("cloudformation"), "mailpipe-prod", ResourcesTemplate.load(), {})
+    kept = destroy("prod", delete_all_tables=False, project=deployment.project)
+    tables = [t for t in deployment.client("dynamodb").list_tables()["TableNames"] if t.startswith("mailpipe-prod-")]
+    removed = destroy("prod", delete_all_tables=True, project=deployment.project)
+
+    assert kept["stack"] is True and kept["tables"] == []
+    assert len(tables) == 6
+    assert sorted(removed["tables"]) == sorted(tables)
+    assert not [t for t in deployment.client("dynamodb").list_tables()["TableNames"] if t.startswith("mailpipe-prod-")]

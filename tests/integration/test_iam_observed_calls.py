@@ -1,0 +1,631 @@
+"""The IAM table against what each function really calls: complete, and no wider than needed.
+
+A realistic session runs on the local runtime (campaigns sent, bounced, reported,
+alerted, paused and resumed, dead-lettered, retried and redriven, watched over
+the WebSocket) while a botocore hook on every client chalicelib built records
+each AWS call. The test wraps the app's handlers, for its own duration only, so
+that each call is attributed to the Lambda function that made it (every route
+is ``api_handler``). Then:
+
+- every observed call must be allowed by that function's policy, rendered with
+  the local stack's real ARNs (``LiteralArns``);
+- every grant must have been observed, or be one the Lambda service uses on the
+  function's behalf (event-source polling, on-failure records, logs), or be on
+  ``NOT_ALWAYS_REACHED`` with the reason the session cannot count on it.
+
+The runtime's own pollers and the test's own setup use other clients, which are
+not recorded: they stand for AWS, not for the function. ``-s`` prints the table.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chalice.app import ChaliceAuthorizer, EventSourceHandler
+from websockets.sync.client import ClientConnection, connect
+
+import app as app_module
+from chalicelib import wiring
+from chalicelib.clients import aws_client, botocore_clients, management_client
+from chalicelib.errors import TemporaryDeliveryError
+from chalicelib.models import ALL_MODELS
+from chalicelib.queues import Queue
+from chalicelib.sending import CampaignCache, Sender
+from chalicelib.smtp import Envelope, SmtpPool
+from infra.deploy.iam import (
+    FUNCTION_GRANTS,
+    SQS_TRIGGER_ACTIONS,
+    STREAM_FAILURES_QUEUE,
+    WEBSOCKET_API_LOGICAL_ID,
+    LiteralArns,
+    TemplateArns,
+    function_logical_id,
+    function_names,
+    policy_document,
+    role_logical_id,
+    write_policy_files,
+)
+from infra.local.runtime import LocalRuntime
+from tests.conftest import start_runtime
+from tests.support.api import Api, token
+from tests.support.packaged import load
+
+pytestmark = pytest.mark.integration
+
+# Paths the session cannot count on reaching, and why. Anything granted that is
+# neither observed, nor used by the Lambda service itself, nor listed here fails the test.
+NOT_ALWAYS_REACHED: dict[tuple[str, str, str], str] = {
+    ("send_mail", "dynamodb:GetItem", "table:RecipientsTable"): (
+        "a job whose recipient is not claimable (claimed by a duplicate, or deferred and not yet due) "
+        "reads its state; only timing decides whether a job arrives that early"
+    ),
+}
+
+_running: contextvars.ContextVar[str | None] = contextvars.ContextVar("iam_running_function", default=None)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One AWS call as IAM authorizes it: who, which action, on what."""
+
+    function: str
+    action: str
+    resource: str
+
+
+class CallRecorder:
+    """Records every call of the hooked botocore clients, attributed to the running function."""
+
+    HOOK_ID = "iam-observed-calls"
+    # Batch operations authorize as their single-message action.
+    SQS_ACTIONS = {
+        "SendMessageBatch": "SendMessage",
+        "DeleteMessageBatch": "DeleteMessage",
+        "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
+    }
+    TRANSACT_ACTIONS = {
+        "Put": "PutItem",
+        "Update": "UpdateItem",
+        "Delete": "DeleteItem",
+        "ConditionCheck": "ConditionCheckItem",
+    }
+    CONNECTION_METHODS = {"PostToConnection": "POST", "GetConnection": "GET", "DeleteConnection": "DELETE"}
+
+    def __init__(self, physical: dict[str, dict[str, str]], region: str, account_id: str) -> None:
+        self.table_arns = {p["Ref"]: p["Arn"] for p in physical.values() if ":dynamodb:" in p.get("Arn", "")}
+        self.queue_arns = {p["Ref"]: p["Arn"] for p in physical.values() if ":sqs:" in p.get("Arn", "")}
+        self.region, self.account_id = region, account_id
+        self.calls: Counter[Call] = Counter()
+        self.unattributed: list[str] = []
+        self.invocations: Counter[str] = Counter()
+        self.websocket_api: tuple[str, str] | None = None  # (api id, stage) from the WebSocket events
+        self.late_clients: list[str] = []
+        self._hooked: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def hook(self, clients: list[Any]) -> int:
+        """Record the calls of these clients from now on; returns how many were new."""
+        new = 0
+        with self._lock:
+            for client in clients:
+                if id(client) not in self._hooked:
+                    # before-parameter-build carries the caller's parameters (table, queue,
+                    # topic); before-call has them serialized already.
+                    client.meta.events.register("before-parameter-build", self._record, unique_id=self.HOOK_ID)
+                    self._hooked[id(client)] = client
+                    new += 1
+        return new
+
+    def unhook(self) -> None:
+        """Stop recording."""
+        with self._lock:
+            for client in self._hooked.values():
+                client.meta.events.unregister("before-parameter-build", unique_id=self.HOOK_ID)
+            self._hooked.clear()
+
+    def check_for_new_clients(self, function: str) -> None:
+        """A client built after the hooks went on would have escaped them until now: note it."""
+        if self.hook(botocore_clients()):
+            self.late_clients.append(function)
+
+    def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        function = _running.get()
+        service = model.service_model.service_name
+        if function is None:
+            self.unattributed.append(f"{service}.{model.name} in thread {threading.current_thread().name}")
+            return
+        with self._lock:
+            for action, resource in self._authorized_as(service, model.name, params):
+                self.calls[Call(function, action, resource)] += 1
+
+    def _table(self, name: str) -> str:
+        return self.table_arns.get(name, f"unknown-table:{name}")
+
+    def _authorized_as(self, service: str, operation: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+        if service == "dynamodb":
+            if operation == "TransactWriteItems":
+                # Authorized item by item, as the item's own action on its table.
+                return [
+                    (f"dynamodb:{self.TRANSACT_ACTIONS[kind]}", self._table(body["TableName"]))
+                    for item in params["TransactItems"]
+                    for kind, body in item.items()
+                ]
+            if operation in ("BatchGetItem", "BatchWriteItem"):
+                return [(f"dynamodb:{operation}", self._table(name)) for name in params["RequestItems"]]
+            arn = self._table(params["TableName"])
+            if params.get("IndexName"):
+                arn += f"/index/{params['IndexName']}"
+            return [(f"dynamodb:{operation}", arn)]
+        if service == "sqs":
+            url = params["QueueUrl"]
+            return [(f"sqs:{self.SQS_ACTIONS.get(operation, operation)}", self.queue_arns.get(url, url))]
+        if service == "sns":
+            return [(f"sns:{operation}", params["TopicArn"])]
+        if service == "apigatewaymanagementapi":
+            api_id, stage = self.websocket_api or ("unknown-api", "unknown-stage")
+            method = self.CONNECTION_METHODS.get(operation, operation)
+            arn = (
+                f"arn:aws:execute-api:{self.region}:{self.account_id}:{api_id}/{stage}/{method}/"
+                f"@connections/{params['ConnectionId']}"
+            )
+            return [("execute-api:ManageConnections", arn)]
+        return [(f"{service}:{operation}", "unmapped")]
+
+
+@contextmanager
+def attributed(runtime: LocalRuntime, recorder: CallRecorder) -> Iterator[None]:
+    """Run every handler of the app under its Lambda function's name, for this block only."""
+    app = runtime.app
+    restore: list[Callable[[], None]] = []
+
+    def wrap(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if name.startswith("websocket_") and args:
+                context = args[0].to_dict().get("requestContext") or {}
+                recorder.websocket_api = (context.get("apiId", ""), context.get("stage", ""))
+            recorder.invocations[name] += 1
+            token_ = _running.set(name)
+            try:
+                return func(*args, **kwargs)
+            finally:
+                _running.reset(token_)
+                recorder.check_for_new_clients(name)
+
+        return run
+
+    for name, handler in app.handler_map.items():
+        if isinstance(handler, EventSourceHandler):
+            # SQS, stream, schedule and WebSocket handlers: the same object the local
+            # pollers and gateway hold. Its middleware chain is rebuilt on the next call.
+            def undo(h: EventSourceHandler = handler, func: Any = handler.func, chain: Any = handler.handler) -> None:
+                h.func, h.handler = func, chain
+
+            restore.append(undo)
+            handler.func, handler.handler = wrap(name, handler.func), None
+        elif isinstance(handler, ChaliceAuthorizer):
+            restore.append(lambda h=handler, func=handler.func: setattr(h, "func", func))
+            handler.func = wrap(name, handler.func)
+    for methods in app.routes.values():
+        for entry in methods.values():
+            restore.append(lambda e=entry, view=entry.view_function: setattr(e, "view_function", view))
+            entry.view_function = wrap("api_handler", entry.view_function)
+    try:
+        yield
+    finally:
+        for undo_one in reversed(restore):
+            undo_one()
+
+
+class ScriptedRelay:
+    """The SMTP stand-in, except for addresses told to wait: those get 451 until released."""
+
+    def __init__(self, inner: SmtpPool) -> None:
+        self.inner = inner
+        self.refusing: frozenset[str] = frozenset()
+
+    def submit(self, envelope: Envelope) -> Future[str]:
+        if envelope.recipient.startswith(tuple(self.refusing)):
+            future: Future[str] = Future()
+            future.set_exception(TemporaryDeliveryError("451 4.7.1 try again later", code=451))
+            return future
+        return self.inner.submit(envelope)
+
+
+class Viewer:
+    """A dashboard's WebSocket, collecting what it is sent."""
+
+    def __init__(self, url: str, bearer: str) -> None:
+        self.ws: ClientConnection = connect(f"{url}/?token={bearer}")
+        self.messages: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for raw in self.ws:
+                self.messages.append(json.loads(raw))
+        except Exception:  # noqa: BLE001 - the connection closing ends the reader
+            pass
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.ws.send(json.dumps(message))
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 30) -> dict[str, Any]:
+        return wait_for(lambda: next((m for m in list(self.messages) if predicate(m)), None), timeout_s)
+
+    def close(self) -> None:
+        self.ws.close()
+        self._reader.join(timeout=5)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 120, interval_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
+    """Bounces at SMTP, failures reported later by DSN, and a release stage slow enough to run out of time."""
+    rt = start_runtime(
+        tmp_path_factory.mktemp("iam"),
+        standin_env={
+            "SMTP_STANDIN_PERM_FAIL": "@perm.example",
+            "SMTP_STANDIN_LATE_FAIL": "@late.example",
+            "SMTP_STANDIN_DSN": "1",
+        },
+        # 10 sends/s and a 1 s budget: a chunk of 25 cannot be released at once, so its rest is re-queued.
+        settings_env={"SEND_RATE_PER_S": "10", "RELEASE_MAX_SECONDS": "1"},
+        schedule_interval_s=1.0,
+    )
+    try:
+        yield rt
+    finally:
+        rt.stop()
+
+
+def local_arns(runtime: LocalRuntime, recorder: CallRecorder) -> LiteralArns:
+    """The local stack's ARNs, as the deploy step would hand them over."""
+    assert runtime.template and runtime.emulator and recorder.websocket_api
+    physical = runtime.template.physical
+    arns = {logical: p.get("Arn") or p["TopicArn"] for logical, p in physical.items()}
+    streams = {logical: p["StreamArn"] for logical, p in physical.items() if p.get("StreamArn")}
+    region, account = runtime.emulator.region, runtime.template.account_id
+    api_id, stage = recorder.websocket_api
+    return LiteralArns(
+        region=region,
+        account_id=account,
+        partition="aws",
+        stage=stage,
+        app_name=runtime.app.app_name,
+        arns=arns,
+        stream_arns=streams,
+        websocket_api_id=api_id,
+    )
+
+
+def allows(document: dict[str, Any], action: str, resource: str) -> bool:
+    """Whether an IAM policy's Allow statements cover the call (IAM's * and ? wildcards)."""
+    for statement in document["Statement"]:
+        if statement["Effect"] == "Allow" and action in statement["Action"]:
+            for pattern in statement["Resource"]:
+                regex = re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".")
+                if re.fullmatch(regex, resource):
+                    return True
+    return False
+
+
+def resource_key(arns: LiteralArns, arn: str) -> str:
+    """The FUNCTION_GRANTS key a called ARN falls under."""
+    for logical, known in arns.arns.items():
+        if arn == known:
+            kind = {"dynamodb": "table", "sqs": "queue", "sns": "topic"}[known.split(":")[2]]
+            return f"{kind}:{logical}"
+        if arn.startswith(f"{known}/index/"):
+            return f"index:{logical}"
+    if ":execute-api:" in arn and f":{arns.websocket_api_id}/{arns.stage}/POST/@connections/" in arn:
+        return "connections"
+    return f"unknown:{arn}"
+
+
+def lambda_service_uses(runtime: LocalRuntime, function: str, action: str, key: str) -> bool:
+    """Grants the Lambda service exercises with the function's role, never the function's code."""
+    assert runtime.template
+    if key == "logs" or key.startswith("stream:"):
+        return True
+    trigger = runtime.template.event_source_target(function)
+    if action in SQS_TRIGGER_ACTIONS and trigger and key == f"queue:{trigger}":
+        return True  # the SQS event source mapping polls the function's queue
+    streams = any(k.startswith("stream:") for grant in FUNCTION_GRANTS[function] for k in grant.resources)
+    return streams and (action, key) == ("sqs:SendMessage", f"queue:{STREAM_FAILURES_QUEUE}")
+
+
+def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
+    """A day of mailpipe, touching every function and every path its grants are for."""
+    api = Api(runtime.api_url, token("iam", scopes=("campaigns:read", "campaigns:write", "admin")))
+    viewer = Viewer(runtime.ws_url, token("iam"))
+    relay.refusing = frozenset({"held", "poison"})
+
+    # Two jobs that never get through: dead-lettered, recorded failed, parked for operators.
+    doomed = api.create_campaign(2, prefix="poison")["campaign_id"]
+
+    # A bounce while a recipient is still open crosses the alert threshold: paused, published.
+    alerting = api.create_campaign(
+        0,
+        prefix="alert",
+        recipients=[
+            {"email": "held0@example.org", "vars": {"name": "h"}},
+            {"email": "bounce0@perm.example", "vars": {"name": "b"}},
+            {"email": "ok0@example.org", "vars": {"name": "o"}},
+            {"email": "late0@late.example", "vars": {"name": "l"}},
+        ],
+        alerts={"bounce_rate": 0.2, "min_sends": 1},
+    )["campaign_id"]
+    viewer.send({"action": "subscribe", "campaign_id": alerting})
+    viewer.wait_for(lambda m: m.get("type") == "subscribed")
+    viewer.wait_for(lambda m: m.get("type") == "stats" and m.get("campaign_id") == alerting)
+    wait_for(lambda: "bounce_rate" in api.call("GET", f"/campaigns/{alerting}/stats")[1]["alerts"], timeout_s=60)
+    assert api.call("GET", f"/campaigns/{alerting}")[1]["status"] == "paused"
+
+    # The user takes over: resume, pause, resume; then the held recipient gets through.
+    assert api.call("POST", f"/campaigns/{alerting}/resume")[0] == 200
+    assert api.call("POST", f"/campaigns/{alerting}/pause")[0] == 200
+    assert api.call("POST", f"/campaigns/{alerting}/resume")[0] == 200
+    relay.refusing = frozenset({"poison"})
+
+    # More than the release stage may send in its time budget; a stale subscription of a
+    # connection that vanished without $disconnect (and without an endpoint) is cleaned up.
+    bulk = api.create_campaign(25, prefix="bulk")["campaign_id"]
+    assert runtime.emulator
+    connections = runtime.emulator.client("dynamodb")
+    connections_table = runtime.template.physical["ConnectionsTable"]["Ref"] if runtime.template else ""
+    connections.put_item(
+        TableName=connections_table,
+        Item={
+            "connection_id": {"S": "vanished-connection"},
+            "sk": {"S": f"sub#{bulk}"},
+            "tenant": {"S": "iam"},
+            "campaign_id": {"S": bulk},
+        },
+    )
+    counts = api.wait_until_done(bulk, timeout_s=120)["counts"]
+    assert counts["sent"] + counts["delivered"] == 25
+    wait_for(
+        lambda: (
+            not connections.query(
+                TableName=connections_table,
+                KeyConditionExpression="connection_id = :c",
+                ExpressionAttributeValues={":c": {"S": "vanished-connection"}},
+            )["Items"]
+        )
+    )
+
+    # Delivered and late-failure reports reach the reader (and the events stream the aggregator).
+    def reported() -> bool:
+        counts = api.call("GET", f"/campaigns/{alerting}")[1]["counts"]
+        return counts["delivered"] >= 1 and counts["bounced"] == 2
+
+    wait_for(reported, timeout_s=120)
+    done = api.wait_until_done(alerting, timeout_s=120)
+    assert done["status"] == "completed_with_failures"
+    wait_for(lambda: api.call("GET", f"/campaigns/{alerting}/stats")[1]["engagement"].get("report_failed"))
+
+    # The dead letters: seen by an operator, retried, redriven.
+    assert api.wait_until_done(doomed, timeout_s=180)["counts"]["failed"] == 2
+    dlq = wait_for(lambda: (r := api.call("GET", "/dlq")[1]) and r["count"] == 2 and r, timeout_s=60)
+    assert {job["email"] for job in dlq["jobs"]} == {"poison0@example.org", "poison1@example.org"}
+    relay.refusing = frozenset()
+    status, retried = api.call("POST", f"/campaigns/{doomed}/retry")
+    assert status == 202 and retried["requeued"] == 2
+    assert api.call("POST", "/dlq/redrive")[0] == 202
+    assert api.wait_until_done(doomed, timeout_s=60)["counts"]["failed"] == 0
+    assert wait_for(lambda: api.call("GET", "/dlq")[1]["count"] == 0)
+    exercise_release_dead_letters(runtime, api)
+
+    # Everything a reader of the API looks at.
+    assert api.call("GET", "/campaigns")[0] == 200
+    for path in ("", "/recipients", "/recipients?status=bounced", "/failures", "/stats"):
+        status, body = api.call("GET", f"/campaigns/{alerting}{path}")
+        assert status == 200, (path, body)
+    assert api.call("GET", "/dashboard")[0] == 200
+    exercise_stream_failures(runtime, api)
+
+    # The aggregator pushed to the viewer too, not only the subscription's reply.
+    viewer.wait_for(lambda m: m.get("type") == "stats" and m["status"].startswith("completed"))
+    viewer.send({"action": "unsubscribe", "campaign_id": alerting})
+    viewer.wait_for(lambda m: m.get("type") == "unsubscribed")
+    viewer.close()
+    wait_for(lambda: not connections.scan(TableName=connections_table)["Items"])  # $disconnect forgot it all
+    runtime.run_scheduled("read_delivery_reports")
+
+
+def exercise_release_dead_letters(runtime: LocalRuntime, api: Api) -> None:
+    """A chunk the release stage gave up on, as SQS moves it to the release DLQ: its pending recipients fail.
+
+    The campaign is paused at once, so most of its recipients are still pending
+    (10 sends/s); the few claimed before the pause are sent and left alone.
+    """
+    assert runtime.template and runtime.emulator
+    emails = [f"stalled{i}@example.org" for i in range(25)]
+    stalled = api.create_campaign(25, prefix="stalled")["campaign_id"]
+    assert api.call("POST", f"/campaigns/{stalled}/pause")[0] == 200
+    chunk = json.dumps({"c": stalled, "e": emails})
+    runtime.emulator.client("sqs").send_message(
+        QueueUrl=runtime.template.physical["ReleaseDeadLetterQueue"]["Ref"], MessageBody=chunk
+    )
+    counts = api.wait_until_done(stalled, timeout_s=60)["counts"]
+    assert counts["failed"] >= 10 and counts["failed"] + counts["sent"] + counts["delivered"] == 25
+    parked = wait_for(lambda: (r := api.call("GET", "/dlq")[1]) and r["count"] == counts["failed"] and r)
+    assert {job["campaign_id"] for job in parked["jobs"]} == {stalled}
+    status, moved = api.call("POST", "/dlq/redrive")
+    assert status == 202 and moved["moved"] == counts["failed"]
+    assert api.wait_until_done(stalled, timeout_s=60)["counts"]["failed"] == 0
+
+
+def exercise_stream_failures(runtime: LocalRuntime, api: Api) -> None:
+    """Lambda's record of a stream batch it gave up on, as it lands on the on-failure queue."""
+    assert runtime.template and runtime.emulator
+    record = {
+        "requestContext": {
+            "requestId": "0f1e2d3c-aaaa-bbbb-cccc-000000000001",
+            "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:mailpipe-local-aggregate_recipients",
+            "condition": "RetryAttemptsExhausted",
+            "approximateInvokeCount": 51,
+        },
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "version": "1.0",
+        "timestamp": "2026-11-27T20:53:49.717Z",
+        "DDBStreamBatchInfo": {
+            "shardId": "shardId-00000001764276600184-864758bb",
+            "startSequenceNumber": "800000000003126276362",
+            "endSequenceNumber": "800000000003126276399",
+            "approximateArrivalOfFirstRecord": "2026-11-27T20:51:19Z",
+            "approximateArrivalOfLastRecord": "2026-11-27T20:51:21Z",
+            "batchSize": 12,
+            "streamArn": runtime.template.physical["RecipientsTable"]["StreamArn"],
+        },
+    }
+    queue_url = runtime.template.physical[STREAM_FAILURES_QUEUE]["Ref"]
+    sqs = runtime.emulator.client("sqs")
+    # Twice, as Lambda may deliver it: the second finds it recorded and only checks its alert.
+    for _ in range(2):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(record))
+
+    def drained() -> bool:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+        return all(attributes[name] == "0" for name in names)
+
+    wait_for(drained, timeout_s=60)
+    assert api.call("GET", "/stream-failures")[1]["count"] == 1
+
+
+def print_table(recorder: CallRecorder, arns: LiteralArns) -> None:
+    rows: dict[tuple[str, str, str], int] = Counter()
+    for call, count in recorder.calls.items():
+        rows[(call.function, call.action, resource_key(arns, call.resource))] += count
+    print("\nAWS calls observed per function (function, IAM action, resource key, calls):")
+    for (function, action, key), count in sorted(rows.items()):
+        print(f"  {function:<28} {action:<30} {key:<26} {count:>5}")
+    print("Invocations:", dict(sorted(recorder.invocations.items())))
+
+
+def test_every_call_is_granted_and_every_grant_is_used(runtime: LocalRuntime) -> None:
+    assert runtime.template and runtime.emulator
+    recorder = CallRecorder(runtime.template.physical, runtime.emulator.region, runtime.template.account_id)
+    # Every client the functions use, built now, so that none escapes the hooks;
+    # a client built later anyway is caught after the invocation that built it.
+    settings = wiring.settings()
+    for service in ("dynamodb", "sqs", "sns"):
+        aws_client(service, settings)
+    management_client(settings)
+    for model in ALL_MODELS:
+        model._get_connection().connection.client  # noqa: B018 - builds the model's botocore client
+    relay = ScriptedRelay(SmtpPool(settings))
+    # A sender caches each campaign for 2 s, so a job re-released (resume, redrive)
+    # that soon after a pause would be acknowledged as paused and never sent. The
+    # session pauses and re-releases in quick succession: this sender reads afresh.
+    sender = Sender(
+        settings, relay, Queue(aws_client("sqs", settings), settings.send_queue_url), campaigns=CampaignCache(ttl_s=0)
+    )
+    try:
+        with attributed(runtime, recorder):
+            recorder.hook(botocore_clients())
+            try:
+                with wiring.overridden(mailer=relay, sender=sender):
+                    run_session(runtime, relay)
+            finally:
+                recorder.unhook()  # before the handlers are unwrapped: no call goes unattributed
+    finally:
+        relay.inner.close()
+
+    arns = local_arns(runtime, recorder)
+    print_table(recorder, arns)
+    deployed = function_names(runtime.app)
+    assert not recorder.unattributed, recorder.unattributed[:10]
+    assert not recorder.late_clients, f"clients built after hooking, by {recorder.late_clients}"
+    assert set(deployed) <= set(recorder.invocations), f"never run: {set(deployed) - set(recorder.invocations)}"
+
+    denied = sorted(
+        (call.function, call.action, call.resource)
+        for call in recorder.calls
+        if not allows(policy_document(call.function, arns), call.action, call.resource)
+    )
+    assert not denied, "calls the policies do not allow:\n" + "\n".join(map(str, denied))
+
+    observed = {(call.function, call.action, resource_key(arns, call.resource)) for call in recorder.calls}
+    granted = {
+        (function, action, key)
+        for function in deployed
+        for grant in FUNCTION_GRANTS[function]
+        for action in grant.actions
+        for key in grant.resources
+    }
+    assert set(NOT_ALWAYS_REACHED) <= granted, "NOT_ALWAYS_REACHED names something no longer granted"
+    unused = sorted(
+        (function, action, key)
+        for function, action, key in granted - observed
+        if not lambda_service_uses(runtime, function, action, key) and (function, action, key) not in NOT_ALWAYS_REACHED
+    )
+    assert not unused, "granted but never called:\n" + "\n".join(map(str, unused))
+
+
+def test_policy_files_are_written_per_function(tmp_path: Path) -> None:
+    resolver = TemplateArns(stage="prod", app_name="mailpipe")
+    written = write_policy_files(tmp_path / "policies", resolver)
+
+    assert set(written) == set(FUNCTION_GRANTS)
+    for function, path in written.items():
+        assert path == tmp_path / "policies" / f"{function}.json"
+        assert json.loads(path.read_text()) == policy_document(function, resolver)
+
+
+def _referenced(value: Any) -> set[str]:
+    """Logical ids an intrinsic refers to (pseudo parameters left out)."""
+    if isinstance(value, list):
+        return set().union(*(_referenced(v) for v in value)) if value else set()
+    if not isinstance(value, dict):
+        return set()
+    if "Ref" in value:
+        return {value["Ref"]}
+    if "Fn::GetAtt" in value:
+        return {value["Fn::GetAtt"][0]}
+    if "Fn::Sub" in value:
+        names = re.findall(r"\$\{([^}!]+)\}", value["Fn::Sub"])
+        return {name.split(".")[0] for name in names if not name.startswith("AWS::")}
+    return set().union(*(_referenced(v) for v in value.values()))
+
+
+def test_the_packaged_roles_carry_each_functions_policy_naming_real_resources(packaged: Path) -> None:
+    """`make package` gives every function's role its own document; each intrinsic names a resource there.
+
+    (tests/integration/test_packaged_template.py runs cfn-lint over the same template.)
+    """
+    resources = load(packaged)["Resources"]
+    resolver = TemplateArns(stage="prod", app_name="mailpipe")
+    assert resources[WEBSOCKET_API_LOGICAL_ID]["Type"] == "AWS::ApiGatewayV2::Api"
+    assert resources["WebsocketAPIStage"]["Properties"]["StageName"] == "prod"
+
+    for function in function_names(app_module.app):
+        role_id, function_id = role_logical_id(function), function_logical_id(function)
+        assert resources[function_id]["Properties"]["Role"] == {"Fn::GetAtt": [role_id, "Arn"]}, function
+        (policy,) = resources[role_id]["Properties"]["Policies"]
+        document = policy_document(function, resolver)
+        assert policy["PolicyDocument"] == document, function
+        assert _referenced(document) <= set(resources), function
