@@ -886,7 +886,7 @@ def start_runtime(local_dir: Path, concurrency: int | None, with_reports: bool =
                 ws_port=0,
                 ws_management_port=0,
                 smtp_port=0,
-                moto_port=0,
+                emulator_port=0,
                 **overrides,
             )
         )

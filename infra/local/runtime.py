@@ -29,7 +29,7 @@ from chalicelib.clients import reset_clients
 from chalicelib.mailbox_reader import open_mailbox
 from chalicelib.settings import Settings
 from infra.local.api_server import ApiServer
-from infra.local.emulator import Emulator, start_emulator
+from infra.local.emulator import EMULATORS, MINISTACK, Emulator, EmulatorError, ministack_missing, start_emulator
 from infra.local.relay import Relay, RelayUrlError, parse_relay_url, redact_url
 from infra.local.resources import create_resources
 from infra.local.sqs_event_source import SqsEventSource
@@ -83,8 +83,9 @@ class RuntimeConfig:
     ws_port: int = 0
     ws_management_port: int = 0
     smtp_port: int = 0  # the stand-in's own port (SMTP_STANDIN_PORT), not the sender's setting
-    moto_port: int = 0
-    endpoint_url: str | None = None  # AWS_ENDPOINT_URL: LocalStack or any other endpoint
+    emulator: str = MINISTACK  # EMULATOR: "ministack" (its own process) or "moto" (in-process)
+    emulator_port: int = 0  # EMULATOR_PORT: the embedded emulator's port
+    endpoint_url: str | None = None  # AWS_ENDPOINT_URL: LocalStack or any other endpoint; no emulator started
     relay_url: str | None = None  # SMTP_RELAY_URL: a real relay instead of the stand-in (see infra/local/relay.py)
     report_mailbox_url: str | None = None  # REPORT_MAILBOX_URL: instead of the stand-in's bounces Maildir
     stack_name: str = "mailpipe-local"
@@ -112,7 +113,8 @@ class RuntimeConfig:
             "ws_port": _env_int("WS_PORT", 8001),
             "ws_management_port": _env_int("WS_MANAGEMENT_PORT", 8002),
             "smtp_port": _env_int("SMTP_STANDIN_PORT", 8025),
-            "moto_port": _env_int("MOTO_PORT", 5000),
+            "emulator": os.environ.get("EMULATOR", "").strip().lower() or MINISTACK,
+            "emulator_port": _env_int("EMULATOR_PORT", 4566),
             "endpoint_url": os.environ.get("AWS_ENDPOINT_URL")
             or ("localstack" if os.environ.get("USE_LOCALSTACK") else None),
             "relay_url": os.environ.get("SMTP_RELAY_URL", "").strip() or None,
@@ -131,7 +133,7 @@ class RuntimeConfig:
         if not self.relay_url:
             ports["SMTP_STANDIN_PORT"] = self.smtp_port
         if not self.endpoint_url:
-            ports["MOTO_PORT"] = self.moto_port
+            ports["EMULATOR_PORT"] = self.emulator_port
         return {variable: port for variable, port in ports.items() if port}
 
 
@@ -214,7 +216,20 @@ class LocalRuntime:
         """Start every part; returns once all are ready. StartupError: nothing was started."""
         cfg = self.config
         self._preflight()
-        self.emulator = start_emulator(cfg.endpoint_url, cfg.host, cfg.moto_port)
+        try:
+            self.emulator = start_emulator(cfg.endpoint_url, cfg.host, cfg.emulator_port, cfg.emulator, cfg.local_dir)
+        except EmulatorError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            self._start_parts()
+        except BaseException:
+            self.stop()  # nothing left running, the emulator's process least of all
+            raise
+        return self
+
+    def _start_parts(self) -> None:
+        cfg = self.config
+        assert self.emulator is not None
         self.template = Template.load(
             cfg.stack_name,
             region=self.emulator.region,
@@ -234,20 +249,25 @@ class LocalRuntime:
         self.api.start()
         self._start_event_sources()
         self._start_scheduler()
-        return self
 
     def stop(self) -> None:
         """Stop everything, newest first."""
         self._scheduler_stop.set()
         if self._scheduler:
             self._scheduler.join(timeout=30)
-        for source in self.sources.values():
+        queues = [s for s in self.sources.values() if isinstance(s, SqsEventSource)]
+        for source in queues:
             source.signal_stop()  # all at once: each may be in a long poll
-        for source in self.sources.values():
+        for source in queues:
             source.stop()
-        self.sources.clear()
         if self.api:
             self.api.stop()
+        # Nothing writes any more: let the aggregators read what the streams still hold,
+        # which MiniStack would drop on stopping (it does not keep stream records).
+        for source in self.sources.values():
+            if isinstance(source, StreamEventSource):
+                source.drain()
+        self.sources.clear()
         if self.gateway:
             self.gateway.stop()
         wiring.reset()
@@ -259,6 +279,7 @@ class LocalRuntime:
             self._standin_process.wait(timeout=10)
         if self.emulator:
             self.emulator.stop()
+            self.emulator = None
 
     def __enter__(self) -> LocalRuntime:
         return self.start()
@@ -270,6 +291,12 @@ class LocalRuntime:
     def _preflight(self) -> None:
         """Every check that needs nothing started: URLs parse, ports are free."""
         cfg = self.config
+        if not cfg.endpoint_url:
+            if cfg.emulator not in EMULATORS:
+                raise StartupError(f"EMULATOR must be one of {', '.join(EMULATORS)}, got {cfg.emulator!r}")
+            missing = ministack_missing() if cfg.emulator == MINISTACK else None
+            if missing:
+                raise StartupError(missing)
         if cfg.relay_url:
             try:
                 self.relay = parse_relay_url(cfg.relay_url)

@@ -70,6 +70,7 @@ class StreamEventSource:
         self.max_retry_delay_s = max_retry_delay_s
         self.on_invoke = on_invoke
         self._stop = threading.Event()
+        self._draining = threading.Event()
         self._thread: threading.Thread | None = None
         self.invocations = 0
         self.retries = 0
@@ -89,6 +90,18 @@ class StreamEventSource:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=30)
+
+    def drain(self, timeout_s: float = 10.0) -> None:
+        """Deliver every record the stream holds now, then stop (``stop`` after ``timeout_s`` at the latest).
+
+        MiniStack keeps no stream records across a restart (AWS keeps them 24 hours),
+        so what the handler has not read when the emulator stops is lost; the runtime
+        drains its streams before stopping the emulator.
+        """
+        self._draining.set()
+        if self._thread:
+            self._thread.join(timeout=timeout_s)
+        self.stop()
 
     def _shards(self) -> list[dict[str, Any]]:
         shards: list[dict[str, Any]] = []
@@ -134,6 +147,8 @@ class StreamEventSource:
                         progressed = True
                     iterators[shard_id] = next_iterator
                 if not progressed:
+                    if self._draining.is_set():
+                        return  # a whole pass over every shard found nothing more
                     self._stop.wait(self.poll_interval_s)
             except Exception:  # noqa: BLE001 - keep following the stream whatever the emulator says
                 logger.exception("stream poller %s failed; retrying", self.name)
@@ -171,6 +186,9 @@ class StreamEventSource:
                 self.on_invoke(self.name, records, result, error)
             if error is None:
                 self.records_delivered += len(records)
+                return
+            if self._draining.is_set():
+                self._stop.set()  # stopping: leave a failing batch rather than retry it for the whole drain
                 return
             self.retries += 1
             self._stop.wait(delay)
