@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # MiniStack pins its own botocore, so it lives in a virtualenv of its own: `make install`
 # sets up .venv-ministack (MiniStack as the embedded emulator). Until that exists, a
 # virtualenv with ministack==1.5.33 elsewhere; change this to point at another one.
-MINISTACK_VENV = ROOT / ".venv-ministack" if (ROOT / ".venv-ministack").exists() else Path("/tmp/msvenv")
+MINISTACK_VENV = ROOT / ".venv-ministack"  # `make install` builds it
 STAGE = "local"
 PREFIX = f"mailpipe-{STAGE}"
 JWT_SECRET = "deployed-locally-test-secret-0123456789"
