@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -38,6 +37,7 @@ from chalicelib.settings import Settings
 from infra.local.smtp_standin import MailuStandin, StandinConfig
 from tests.support.api import Api
 from tests.support.maildir import accepted_messages
+from tests.support.make import run_make, summary
 
 # A first deploy takes about a minute here, more on a loaded machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -175,19 +175,9 @@ class Deployment:
         return self.session.client(service, endpoint_url=self.ministack.endpoint)
 
     def make(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, AWS_ENDPOINT_URL=self.ministack.endpoint, **AWS_ENVIRONMENT)
-        env.pop("AWS_PROFILE", None)
-        venv = Path(sys.executable).parent.parent
-        result = subprocess.run(
-            ["make", *args, f"VENV={venv}"],
-            cwd=self.project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=MAKE_S,
+        return run_make(
+            self.project, *args, env={"AWS_ENDPOINT_URL": self.ministack.endpoint, **AWS_ENVIRONMENT}, timeout_s=MAKE_S
         )
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-        return result
 
     def stage_environment(self) -> dict[str, str]:
         config = json.loads((self.project / ".chalice" / "config.json").read_text())
@@ -237,8 +227,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, relay: Relay) -> Iterat
         result = deployment.make("deploy", f"STAGE={STAGE}", f"PARAMETERS={parameters}")
         deployment.deploy_s = time.monotonic() - started
         print(f"\nmake deploy STAGE={STAGE} into MiniStack: {deployment.deploy_s:.1f} s")
-        lines = result.stdout.strip().splitlines()
-        deployment.summary = json.loads(lines[-1])
+        deployment.summary = summary(result)
+        lines = result.stdout.splitlines()
         deployment.rest_url = next(line.split(": ", 1)[1] for line in lines if line.startswith("REST API: "))
         yield deployment
     finally:
@@ -392,9 +382,9 @@ def test_a_subscribed_dashboard_gets_the_aggregators_push(deployment: Deployment
 
 
 def test_destroy_removes_the_app_the_stack_and_the_local_tables(deployment: Deployment) -> None:
-    summary = json.loads(deployment.make("destroy", f"STAGE={STAGE}").stdout.strip().splitlines()[-1])
+    destroyed = summary(deployment.make("destroy", f"STAGE={STAGE}"))
 
-    assert summary["stack"] is True
+    assert destroyed["stack"] is True
     assert deployment.client("lambda").list_functions()["Functions"] == []
     assert deployment.client("lambda").list_event_source_mappings()["EventSourceMappings"] == []
     assert deployment.client("apigateway").get_rest_apis()["items"] == []
