@@ -315,12 +315,14 @@ def run_raw(
     ``outside_pids`` are the other processes whose CPU the run costs (the emulator, the stand-in).
     """
     from chalicelib.clients import aws_client
+    from infra.local.stream_event_source import keep_records_as_sent
     from infra.local.worker import settings_environment
 
     settings = rt.settings
     ddb = aws_client("dynamodb", settings)
     sqs = aws_client("sqs", settings)
-    streams = rt.emulator.client("dynamodbstreams")
+    # Read as the aggregators' poller reads (records taken unparsed, see keep_records_as_sent).
+    streams = keep_records_as_sent(rt.emulator.client("dynamodbstreams"))
     counter.hook(streams)  # already hooked at creation; harmless
     table = settings.table_name("recipients")
     queue_url = settings.send_queue_url

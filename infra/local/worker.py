@@ -73,6 +73,7 @@ class EventSourceSpec:
     stream_arn: str = ""
     starting_position: str = "TRIM_HORIZON"
     pollers: int = 1  # concurrent invocations in one process (a worker process has one, as a container)
+    unsigned: bool = False  # the emulator checks no signature: save the poller the signing
 
     def to_json(self) -> str:
         """The spec as the worker reads it from its environment."""
@@ -138,13 +139,16 @@ def build_event_source(spec: EventSourceSpec, handler: Callable[[dict, Any], Any
 
 def _poller_client(spec: EventSourceSpec) -> Callable[[str], Any]:
     import boto3
+    from botocore import UNSIGNED
     from botocore.config import Config
+
+    config = Config(max_pool_connections=32, retries={"max_attempts": 3})
+    if spec.unsigned:
+        config = config.merge(Config(signature_version=UNSIGNED))
 
     def client(service: str) -> Any:
         return boto3.session.Session(region_name=spec.region).client(
-            service,
-            endpoint_url=spec.endpoint_url,
-            config=Config(max_pool_connections=32, retries={"max_attempts": 3}),
+            service, endpoint_url=spec.endpoint_url, config=config
         )
 
     return client
@@ -187,7 +191,13 @@ def run(function: str, index: int, spec: EventSourceSpec, stop: threading.Event)
     from chalicelib import wiring
 
     wiring.reset()  # closes this container's SMTP connections
-    logger.warning("worker %s-%d stopped", function, index)
+    logger.warning(
+        "worker %s-%d stopped after %d invocations (%d failed)",
+        function,
+        index,
+        source.invocations,
+        getattr(source, "errors", 0) + getattr(source, "retries", 0),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
