@@ -354,6 +354,14 @@ class LocalRuntime:
         )
         return lines
 
+    def describe_functions(self) -> str:
+        """A banner line: where the SQS- and stream-triggered functions run."""
+        if self.workers:
+            count = len(self.worker_processes())
+            logs = self.config.local_dir / "workers"
+            return f"Functions: {count} worker processes ({', '.join(self.workers)}), logs in {logs}/"
+        return f"Functions: on threads of this process ({', '.join(self.sources)})"
+
     def _standin_environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k.startswith("SMTP_STANDIN_")}
         env.update(self.config.standin_env)

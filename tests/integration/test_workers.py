@@ -58,6 +58,7 @@ def test_functions_run_in_their_own_processes_and_stop_with_the_runtime(tmp_path
             assert name in pids and pids[name] != os.getpid()
         assert all(_running(pid) for pid in pids.values())
         assert rt.sources == {}, "nothing is polled on the runtime's own threads"
+        assert rt.settings is not None and rt.settings.aws_unsigned_loopback  # MiniStack takes unsigned requests
 
         api = Api(rt.api_url, token("workers"))
         campaign_id = api.create_campaign(300, prefix="w")["campaign_id"]
