@@ -57,7 +57,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_JWT_SECRET = "mailpipe-local-development-secret"
 
 # What the local stage changes against the production defaults: seconds, not
-# hours, and a shallow send queue (moto's SQS costs O(depth) per call).
+# hours, and a shallow send queue (moto's and MiniStack's SQS cost O(depth) per call).
 LOCAL_DEFAULTS = {
     "CLAIM_LEASE_S": "10",
     "RETRY_BASE_S": "1",

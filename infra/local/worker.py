@@ -49,7 +49,8 @@ from typing import Any
 
 from chalicelib.settings import Settings
 
-logger = logging.getLogger(__name__)
+# Named, not __name__: run with -m, this module is __main__.
+logger = logging.getLogger("infra.local.worker")
 
 SOURCE_ENV = "MAILPIPE_WORKER_SOURCE"
 HOOK_ENV = "MAILPIPE_WORKER_HOOK"
@@ -173,7 +174,7 @@ def run(function: str, index: int, spec: EventSourceSpec, stop: threading.Event)
     handler = app.handler_map[function]
     source = build_event_source(spec, handler, _poller_client(spec))
     source.start()
-    logger.warning("worker %s-%d ready: pid %d, %s event source", function, index, os.getpid(), spec.kind)
+    logger.info("worker %s-%d ready: pid %d, %s event source", function, index, os.getpid(), spec.kind)
     print(f"{READY} {os.getpid()}", flush=True)
     # From here on stdout is the log too: nothing reads the pipe after the ready line.
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -191,7 +192,7 @@ def run(function: str, index: int, spec: EventSourceSpec, stop: threading.Event)
     from chalicelib import wiring
 
     wiring.reset()  # closes this container's SMTP connections
-    logger.warning(
+    logger.info(
         "worker %s-%d stopped after %d invocations (%d failed)",
         function,
         index,
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s {args.function}-{args.index}[%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logger.setLevel(logging.INFO)  # its own start and stop; the rest of the log is warnings and errors
     stop = threading.Event()
     # SIGTERM from the runtime stops us; SIGINT never comes (a worker has its own session).
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
