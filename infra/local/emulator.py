@@ -60,6 +60,11 @@ class Emulator:
     _process: subprocess.Popen | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The emulator's process id, if it runs in a process we started."""
+        return self._process.pid if self._process is not None else None
+
+    @property
     def lambda_endpoint(self) -> str:
         """The endpoint the Lambda code's settings carry ("" = AWS default hosts = the mock)."""
         return "" if self.in_process else self.endpoint_url

@@ -23,10 +23,15 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
-    """No delivery reports here (they would keep moving counts after the end); one domain bounces."""
+    """No delivery reports here (they would keep moving counts after the end); one domain bounces.
+
+    The aggregators run in worker processes, as with `make run`: their pushes reach the
+    gateway over its @connections endpoint from another process.
+    """
     rt = start_runtime(
         tmp_path_factory.mktemp("live"),
         standin_env={"SMTP_STANDIN_PERM_FAIL": "@bounce.example", "SMTP_STANDIN_DSN": "0"},
+        workers=True,
     )
     try:
         yield rt
