@@ -2,16 +2,23 @@
 PYTHON ?= python3
 VENV := .venv
 CHECKOV_VENV := .venv-checkov
+MINISTACK_VENV := .venv-ministack
 PY := $(VENV)/bin/python
 
 .PHONY: install run test unit integration e2e demo bench token lint package deploy destroy browser checkov clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(MINISTACK_VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade 'pip<26.3'  # chalice 1.34 wants pip < 26.3
 	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# MiniStack, the embedded AWS emulator (infra/local/emulator.py), in a virtualenv of its own: it pins botocore.
+$(MINISTACK_VENV)/.installed: requirements-ministack.txt
+	$(PYTHON) -m venv $(MINISTACK_VENV)
+	$(MINISTACK_VENV)/bin/pip install --quiet -r requirements-ministack.txt
 	touch $@
 
 # Debian's Chromium for the dashboard tests (Playwright never downloads a browser here).

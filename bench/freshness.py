@@ -18,6 +18,8 @@ from typing import Any
 
 from websockets.sync.client import connect
 
+FINAL = ("sent", "delivered", "bounced", "failed", "suppressed")
+
 
 class Viewer:
     """A subscribed dashboard, recording (arrival time, accepted count) for each push."""
@@ -28,6 +30,8 @@ class Viewer:
         self.ws.send(json.dumps({"action": "subscribe", "campaign_id": campaign_id}))
         self.campaign_id = campaign_id
         self.pushes: list[tuple[float, int]] = []
+        self.final = 0  # recipients in a final state, as last pushed
+        self.completed_at: float | None = None  # perf_counter() at the first push of a completed* status
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -39,6 +43,9 @@ class Viewer:
                 if message.get("type") == "stats" and message.get("campaign_id") == self.campaign_id:
                     counts = message.get("counts") or {}
                     self.pushes.append((at, int(counts.get("sent", 0)) + int(counts.get("delivered", 0))))
+                    self.final = max(self.final, sum(int(counts.get(s, 0)) for s in FINAL))
+                    if self.completed_at is None and str(message.get("status", "")).startswith("completed"):
+                        self.completed_at = time.perf_counter()
         except Exception:  # noqa: BLE001 - the socket closing ends the reader
             pass
 

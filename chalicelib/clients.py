@@ -7,10 +7,13 @@ count requests by hooking the clients' botocore events.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
+from botocore import UNSIGNED
 from botocore.config import Config
 
 from chalicelib.models import ALL_MODELS, bind_models
@@ -29,10 +32,23 @@ def _client(service: str, settings: Settings, endpoint_url: str | None) -> Any:
             client = _clients.get(key)
             if client is None:
                 config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32)
+                if settings.aws_unsigned_loopback and is_loopback(endpoint_url):
+                    config = config.merge(Config(signature_version=UNSIGNED))
                 session = boto3.session.Session(region_name=settings.region)
                 client = session.client(service, endpoint_url=endpoint_url, config=config)
                 _clients[key] = client
     return client
+
+
+def is_loopback(url: str | None) -> bool:
+    """Whether ``url`` names this machine (127.0.0.0/8, ::1, localhost)."""
+    host = urlsplit(url or "").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def aws_client(service: str, settings: Settings | None = None) -> Any:

@@ -1,9 +1,23 @@
-"""Per-recipient rendering of subject and bodies in a Jinja2 sandbox, and MIME assembly."""
+"""Per-recipient rendering of subject and bodies in a Jinja2 sandbox, and MIME assembly.
+
+``build_message`` assembles a recipient's mail with the standard library's
+``EmailMessage``, which parses and re-folds every header it is given: most of a
+sender's own CPU per mail. ``message_bytes`` gives the same mail as bytes far
+cheaper: the parts every recipient shares (From, Reply-To, the MIME structure)
+are serialized once per campaign and container (``MessageSkeleton``), and a
+recipient's own parts are written directly when they need no encoding (ASCII
+headers that fit on a line, bodies whose lines fit); anything else goes the
+``EmailMessage`` way.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
+import secrets
+import time
 from dataclasses import dataclass
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from functools import lru_cache
@@ -103,3 +117,128 @@ def build_message(
     else:
         msg.set_content(html or "", subtype="html")
     return msg
+
+
+# -- the same mail as bytes, from a skeleton built once per campaign ------------------------------
+
+_POLICY = policy.default  # what EmailMessage.as_bytes() serializes with: "\n" line ends, 78-column lines
+_SIMPLE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+_PRINTABLE_ASCII = re.compile(r"[ -~]*")
+
+
+def _fold(name: str, value: str) -> bytes:
+    """One header as EmailMessage serializes it (encoded words, folding)."""
+    return _POLICY.fold_binary(*_POLICY.header_store_parse(name, value))
+
+
+def _header(name: str, value: str) -> bytes:
+    """One header line: written directly when plain ASCII that fits, else folded by the policy."""
+    if (
+        len(name) + 2 + len(value) <= _POLICY.max_line_length
+        and _PRINTABLE_ASCII.fullmatch(value)
+        and "=?" not in value
+    ):
+        return f"{name}: {value}\n".encode("ascii")
+    return _fold(name, value)
+
+
+def _body(text: str) -> tuple[str, bytes] | None:
+    """(Content-Transfer-Encoding, body) as EmailMessage.set_content writes utf-8 text; None when it needs QP/base64."""
+    lines = text.encode("utf-8").splitlines()
+    if any(len(line) > _POLICY.max_line_length for line in lines):
+        return None
+    body = b"\n".join(lines) + b"\n"
+    return ("7bit" if body.isascii() else "8bit"), body
+
+
+class MessageSkeleton:
+    """What every recipient's mail of one campaign shares, serialized once."""
+
+    def __init__(self, templates: CampaignTemplates) -> None:
+        self.templates = templates
+        self.from_header = _fold("From", templates.from_addr)
+        self.tail_headers = (_fold("Reply-To", templates.reply_to) if templates.reply_to else b"") + _fold(
+            "X-Mailpipe-Campaign", templates.campaign_id
+        )
+        # One boundary per campaign (EmailMessage draws one per mail); a body that happens
+        # to contain it falls back to EmailMessage, which draws another.
+        self.boundary = f"==============={secrets.randbelow(10**19):019d}=="
+
+    def render(self, email: str, variables: dict[str, Any] | None, message_id_domain: str) -> bytes | None:
+        """The recipient's mail, or None where only EmailMessage can write it; raises TemplateError."""
+        t = self.templates
+        if not _SIMPLE_ADDRESS.fullmatch(email):
+            return None
+        context = recipient_context(email, variables)
+        subject = " ".join(render_field(t.subject, context).splitlines())
+        text = render_field(t.text, context) if t.text is not None else None
+        html = render_field(t.html, context, html=True) if t.html is not None else None
+        parts = []
+        for source, subtype in ((text, "plain"), (html, "html")):
+            if source is not None:
+                encoded = _body(source)
+                if encoded is None:
+                    return None
+                parts.append((subtype, *encoded))
+        if not parts:
+            parts.append(("html", *(_body("") or ("7bit", b"\n"))))
+        head = b"".join(
+            (
+                self.from_header,
+                f"To: {email}\n".encode("ascii"),
+                _header("Subject", subject),
+                f"Date: {_date_now()}\n".encode("ascii"),
+                f"Message-ID: {message_id(t.campaign_id, email, message_id_domain)}\n".encode("ascii"),
+                self.tail_headers,
+            )
+        )
+        if len(parts) == 1:
+            subtype, cte, body = parts[0]
+            return head + _part_headers(subtype, cte) + b"MIME-Version: 1.0\n\n" + body
+        boundary = self.boundary.encode("ascii")
+        if any(boundary in body for _, _, body in parts):
+            return None
+        out = [
+            head,
+            b'MIME-Version: 1.0\nContent-Type: multipart/alternative;\n boundary="' + boundary + b'"\n',
+        ]
+        for index, (subtype, cte, body) in enumerate(parts):
+            # As EmailMessage.add_alternative writes it: the second part repeats MIME-Version.
+            extra = b"MIME-Version: 1.0\n" if index else b""
+            out.append(b"\n--" + boundary + b"\n" + _part_headers(subtype, cte) + extra + b"\n" + body)
+        out.append(b"\n--" + boundary + b"--\n")
+        return b"".join(out)
+
+
+def _part_headers(subtype: str, cte: str) -> bytes:
+    return f'Content-Type: text/{subtype}; charset="utf-8"\nContent-Transfer-Encoding: {cte}\n'.encode("ascii")
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """The Date header's value, as EmailMessage writes it (numeric zone), computed once a second."""
+    global _date_cache
+    now = int(time.time())
+    second, text = _date_cache
+    if second != now:
+        text = formatdate(now, usegmt=True).removesuffix("GMT") + "+0000"
+        _date_cache = (now, text)
+    return text
+
+
+@lru_cache(maxsize=64)
+def _skeleton(templates: CampaignTemplates) -> MessageSkeleton:
+    return MessageSkeleton(templates)
+
+
+def message_bytes(templates: CampaignTemplates, email: str, variables: dict[str, Any] | None, domain: str) -> bytes:
+    """The recipient's complete mail as bytes: ``build_message(...).as_bytes()``, cheaper.
+
+    Raises jinja2.TemplateError exactly when ``build_message`` would.
+    """
+    rendered = _skeleton(templates).render(email, variables, domain)
+    if rendered is not None:
+        return rendered
+    return build_message(templates, email, variables, domain).as_bytes()

@@ -38,7 +38,7 @@ from chalicelib.models import (
 )
 from chalicelib.queues import Queue
 from chalicelib.recipients import ClaimToken, RecipientStore
-from chalicelib.rendering import CampaignTemplates, build_message, message_id
+from chalicelib.rendering import CampaignTemplates, message_bytes, message_id
 from chalicelib.settings import Settings
 from chalicelib.smtp import Envelope, Mailer
 from chalicelib.suppressions import suppress, suppressed_among
@@ -183,15 +183,12 @@ class Sender:
             )
             return
         try:
-            message = build_message(campaign.templates, email, claimed.vars, self.settings.message_id_domain)
+            message = message_bytes(campaign.templates, email, claimed.vars, self.settings.message_id_domain)
         except TemplateError as exc:
             self.recipients.record_outcome(campaign_id, email, token, FAILED, f"template error: {exc}", message_id=mid)
             return
         envelope = Envelope(
-            sender=self.settings.bounce_address,
-            recipient=email,
-            message=message.as_bytes(),
-            envelope_id=campaign_id,
+            sender=self.settings.bounce_address, recipient=email, message=message, envelope_id=campaign_id
         )
         try:
             reply = await asyncio.wrap_future(self.mailer.submit(envelope))

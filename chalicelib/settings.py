@@ -48,6 +48,9 @@ class Settings:
     region: str = "us-east-1"
     # Empty means "the AWS default for the region" (real AWS, or moto's in-process mock).
     aws_endpoint_url: str = ""
+    # Send requests unsigned when AWS_ENDPOINT_URL is a loopback address: the local runtime sets
+    # this for the emulator it embeds, which checks no signature. Never applies to AWS itself.
+    aws_unsigned_loopback: bool = False
     table_prefix: str = "mailpipe-dev"
     send_queue_url: str = ""
     release_queue_url: str = ""

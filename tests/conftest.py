@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from infra.local.emulator import MINISTACK
 from infra.local.runtime import LocalRuntime, RuntimeConfig
 from tests.support.api import Api, token
 
@@ -15,9 +17,19 @@ logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 
 def start_runtime(tmp: Path, **config: object) -> LocalRuntime:
-    """A runtime on free ports with its mail under ``tmp``."""
+    """A runtime on free ports with its mail (and the emulator's state) under ``tmp``.
+
+    EMULATOR=moto runs the tests on in-process moto instead of MiniStack.
+    """
     defaults: dict[str, object] = dict(
-        local_dir=tmp, api_port=0, ws_port=0, ws_management_port=0, smtp_port=0, moto_port=0, endpoint_url=None
+        local_dir=tmp,
+        api_port=0,
+        ws_port=0,
+        ws_management_port=0,
+        smtp_port=0,
+        emulator_port=0,
+        emulator=os.environ.get("EMULATOR", "").strip().lower() or MINISTACK,
+        endpoint_url=None,
     )
     defaults.update(config)
     return LocalRuntime(RuntimeConfig(**defaults)).start()  # type: ignore[arg-type]

@@ -14,7 +14,9 @@ Deploy, in order (each step idempotent, so a second run changes nothing):
      and on the REST API its gateway responses and stage throttling.
 
 Every AWS call goes to ``AWS_ENDPOINT_URL`` when it is set (LocalStack, an
-emulator, the local runtime's moto server), else to AWS.
+emulator, the local runtime's moto server), else to AWS. When that endpoint is
+MiniStack, the local runtime's emulator, its departures from AWS on this path
+are worked around by infra/local/ministack_gaps.py, and only then.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import yaml
 from infra.deploy import iam, stage_config
 from infra.deploy.mappings import apply_mapping_settings
 from infra.deploy.stack import ResourcesTemplate, delete_stack, delete_tables, deploy_stack
+from infra.local import ministack_gaps
 from infra.local.template import Template, _CfnLoader
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -45,16 +48,33 @@ def stack_name(stage: str) -> str:
     return f"{APP_NAME}-{stage}"
 
 
+def _session(region: str | None) -> Any:
+    return boto3.session.Session(region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+
+
 def _clients(region: str | None) -> dict[str, Any]:
-    session = boto3.session.Session(region_name=region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+    session = _session(region)
     return {name: session.client(name) for name in ("cloudformation", "dynamodb", "lambda", "apigateway", "sts")}
 
 
-def _chalice(project: Path, *args: str) -> None:
-    chalice = Path(sys.executable).parent / "chalice"
-    command = [str(chalice), "--project-dir", str(project), *args]
+def _chalice(project: Path, *args: str, emulator: ministack_gaps.MiniStack | None = None) -> None:
+    chalice_args = ["--project-dir", str(project), *args]
+    if emulator is None:
+        command = [str(Path(sys.executable).parent / "chalice"), *chalice_args]
+    else:
+        command = emulator.chalice_command(chalice_args)
     print("$ chalice " + " ".join(args), flush=True)
-    subprocess.run(command, check=True)
+    subprocess.run(command, check=True, cwd=PROJECT_ROOT)
+
+
+def _websocket_environment(deployed: dict, emulator: ministack_gaps.MiniStack | None) -> dict[str, str]:
+    """WEBSOCKET_URL (the dashboard's) once the WebSocket API exists, and where MiniStack needs it more."""
+    websocket = deployed.get("websocket_api") or {}
+    if not websocket:
+        return {}
+    if emulator is not None:
+        return emulator.websocket_environment(websocket["websocket_api_url"])
+    return {"WEBSOCKET_URL": websocket["websocket_api_url"].rstrip("/")}
 
 
 def _literal_arns(stage: str, outputs: dict[str, str], identity: dict[str, Any], deployed: dict) -> iam.LiteralArns:
@@ -71,11 +91,15 @@ def _literal_arns(stage: str, outputs: dict[str, str], identity: dict[str, Any],
     )
 
 
-def _write_policies(project: Path, stage: str, resolver: iam.ArnResolver) -> tuple[dict[str, str], bool]:
+def _write_policies(
+    project: Path, stage: str, resolver: iam.ArnResolver, emulator: ministack_gaps.MiniStack | None = None
+) -> tuple[dict[str, str], bool]:
     """One policy file per function under .chalice/policies/STAGE; returns (function -> config path, changed)."""
     directory = project / ".chalice" / "policies" / stage
     before = {p.name: p.read_text() for p in directory.glob("*.json")} if directory.exists() else {}
     written = iam.write_policy_files(directory, resolver)
+    if emulator is not None:
+        emulator.name_batch_actions(written.values())
     after = {p.name: p.read_text() for p in directory.glob("*.json")}
     relative = {fn: str(path.relative_to(project / ".chalice")) for fn, path in written.items()}
     return relative, before != after
@@ -107,32 +131,40 @@ def deploy(stage: str, parameters: dict[str, str], project: Path = PROJECT_ROOT,
     config = project / ".chalice" / "config.json"
     resources = ResourcesTemplate.load()
     name = stack_name(stage)
+    emulator = ministack_gaps.detect(os.environ.get("AWS_ENDPOINT_URL"))
+    if emulator is not None:
+        print(f"deploying into MiniStack {emulator.version} (infra/local/ministack_gaps.py)", flush=True)
+        if emulator.version != ministack_gaps.KNOWN_VERSION:
+            print(f"      its departures were checked on {ministack_gaps.KNOWN_VERSION} only", flush=True)
 
     print(f"[1/4] resources stack {name}", flush=True)
     action, outputs = deploy_stack(clients["cloudformation"], name, resources, parameters)
     print(f"      {action}", flush=True)
+    if emulator is not None:
+        for change in emulator.complete_resources(_session(region), Template.load(name)):
+            print(f"      set what the emulator's CloudFormation dropped: {change}", flush=True)
 
     print("[2/4] recording outputs and policies for the stage", flush=True)
     environment = {env: outputs[key] for env, key in resources.environment.items() if key in outputs}
     identity = clients["sts"].get_caller_identity()
     deployed = stage_config.deployed_resources(project, stage)
-    if deployed.get("websocket_api"):
-        environment["WEBSOCKET_URL"] = deployed["websocket_api"]["websocket_api_url"].rstrip("/")
-    policies, _ = _write_policies(project, stage, _literal_arns(stage, outputs, identity, deployed))
+    environment.update(_websocket_environment(deployed, emulator))
+    policies, _ = _write_policies(project, stage, _literal_arns(stage, outputs, identity, deployed), emulator)
     recorded = stage_config.record_stage(config, stage, environment, policies)
     print(f"      {'changed' if recorded else 'unchanged'}: .chalice/config.json stage {stage}", flush=True)
 
     print(f"[3/4] chalice deploy --stage {stage}", flush=True)
-    _chalice(project, "deploy", "--stage", stage)
+    _chalice(project, "deploy", "--stage", stage, emulator=emulator)
     deployed = stage_config.deployed_resources(project, stage)
     # The first deploy creates the WebSocket API: the dashboard needs its URL, and the
     # pushing functions' policies its id. Record both and deploy once more.
     websocket = deployed.get("websocket_api") or {}
-    more = {"WEBSOCKET_URL": websocket["websocket_api_url"].rstrip("/")} if websocket else {}
-    policies, policies_changed = _write_policies(project, stage, _literal_arns(stage, outputs, identity, deployed))
+    more = _websocket_environment(deployed, emulator)
+    arns = _literal_arns(stage, outputs, identity, deployed)
+    policies, policies_changed = _write_policies(project, stage, arns, emulator)
     if stage_config.record_stage(config, stage, more, policies) or policies_changed:
         print("      the WebSocket API is new: recording it and deploying again", flush=True)
-        _chalice(project, "deploy", "--stage", stage)
+        _chalice(project, "deploy", "--stage", stage, emulator=emulator)
         deployed = stage_config.deployed_resources(project, stage)
 
     print("[4/4] event source mappings and the REST API's gateway settings", flush=True)
@@ -145,7 +177,11 @@ def deploy(stage: str, parameters: dict[str, str], project: Path = PROJECT_ROOT,
     gateway_changes = _apply_gateway(clients["apigateway"], deployed, stage, template, config)
     summary = {"stack": action, "config": recorded, "mappings": mapping_changes, "gateway": gateway_changes}
     rest = (deployed.get("rest_api") or {}).get("rest_api_url", "")
-    print(f"REST API: {rest}\nWebSocket API: {websocket.get('websocket_api_url', '')}", flush=True)
+    ws = websocket.get("websocket_api_url", "")
+    if emulator is not None:
+        rest = emulator.execute_api_url(rest) + "/" if rest else rest
+        ws = emulator.websocket_environment(ws)["WEBSOCKET_URL"] if ws else ws
+    print(f"REST API: {rest}\nWebSocket API: {ws}", flush=True)
     return summary
 
 

@@ -52,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Dashboard: {runtime.api_url}/dashboard", flush=True)
     for line in runtime.describe_mail():
         print(line, flush=True)
-    print(f"AWS emulator: {runtime.emulator.endpoint_url if runtime.emulator else ''}", flush=True)
+    print(f"AWS emulator: {runtime.emulator.describe() if runtime.emulator else ''}", flush=True)
+    print(runtime.describe_functions(), flush=True)
     print(f"Token (tenant 'demo', read+write+admin): {_token('demo', list(ALL_SCOPES))}", flush=True)
     print("Ctrl-C stops everything.", flush=True)
     stop = threading.Event()

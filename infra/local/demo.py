@@ -59,7 +59,7 @@ def run_demo(n: int, api_url: str, token: str) -> int:
         runtime = LocalRuntime(
             RuntimeConfig.from_env(
                 standin_in_process=False, local_dir=Path(tempfile.mkdtemp(prefix="mailpipe-demo-")), api_port=0,
-                ws_port=0, ws_management_port=0, smtp_port=0, moto_port=0,
+                ws_port=0, ws_management_port=0, smtp_port=0, emulator_port=0,
             )
         ).start()  # fmt: skip
         api_url = runtime.api_url

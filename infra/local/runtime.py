@@ -5,6 +5,12 @@ infra/resources.yaml, starts the Mailu stand-in (unless SMTP_RELAY_URL names a
 real relay), serves the REST API and the WebSocket API, and feeds every SQS
 queue and DynamoDB stream to its handler the way Lambda's event source mappings
 do. The Lambda code itself is the same code that ships; it only sees settings.
+
+With ``workers`` on (``make run``, the bench), every SQS- or stream-triggered
+function runs in worker processes of its own, as Lambda runs containers
+(infra/local/worker.py); otherwise its poller runs on threads of this process,
+where a test can hand the handlers fakes through ``wiring.override``. The REST
+API, the WebSocket gateway and the scheduled functions run in this process.
 """
 
 from __future__ import annotations
@@ -29,12 +35,21 @@ from chalicelib.clients import reset_clients
 from chalicelib.mailbox_reader import open_mailbox
 from chalicelib.settings import Settings
 from infra.local.api_server import ApiServer
-from infra.local.emulator import Emulator, start_emulator
+from infra.local.emulator import EMULATORS, MINISTACK, Emulator, EmulatorError, ministack_missing, start_emulator
 from infra.local.relay import Relay, RelayUrlError, parse_relay_url, redact_url
 from infra.local.resources import create_resources
 from infra.local.sqs_event_source import SqsEventSource
 from infra.local.stream_event_source import StreamEventSource
 from infra.local.template import Template
+from infra.local.worker import (
+    SQS,
+    STREAM,
+    EventSourceSpec,
+    WorkerError,
+    WorkerProcess,
+    build_event_source,
+    settings_environment,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +57,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_JWT_SECRET = "mailpipe-local-development-secret"
 
 # What the local stage changes against the production defaults: seconds, not
-# hours, and a shallow send queue (moto's SQS costs O(depth) per call).
+# hours, and a shallow send queue (moto's and MiniStack's SQS cost O(depth) per call).
 LOCAL_DEFAULTS = {
     "CLAIM_LEASE_S": "10",
     "RETRY_BASE_S": "1",
@@ -64,6 +79,17 @@ class PortInUse(StartupError):
     """A port the runtime must listen on is taken."""
 
 
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise StartupError(f"{name} must be 1 or 0, got {raw!r}")
+
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -83,14 +109,16 @@ class RuntimeConfig:
     ws_port: int = 0
     ws_management_port: int = 0
     smtp_port: int = 0  # the stand-in's own port (SMTP_STANDIN_PORT), not the sender's setting
-    moto_port: int = 0
-    endpoint_url: str | None = None  # AWS_ENDPOINT_URL: LocalStack or any other endpoint
+    emulator: str = MINISTACK  # EMULATOR: "ministack" (its own process) or "moto" (in-process)
+    emulator_port: int = 0  # EMULATOR_PORT: the embedded emulator's port
+    endpoint_url: str | None = None  # AWS_ENDPOINT_URL: LocalStack or any other endpoint; no emulator started
     relay_url: str | None = None  # SMTP_RELAY_URL: a real relay instead of the stand-in (see infra/local/relay.py)
     report_mailbox_url: str | None = None  # REPORT_MAILBOX_URL: instead of the stand-in's bounces Maildir
     stack_name: str = "mailpipe-local"
     local_dir: Path = PROJECT_ROOT / ".local"
     max_receive_count: int = 5
     send_visibility_timeout: int = 15
+    # SEND_CONCURRENCY: send_mail's concurrent invocations (worker processes with `workers`, else threads).
     send_concurrency: int = 4
     # One release worker: concurrent ones each see the same depth and could
     # overshoot the bound by a step each (on AWS, cap the function's concurrency).
@@ -99,6 +127,12 @@ class RuntimeConfig:
     standin_env: dict[str, str] = field(default_factory=dict)  # SMTP_STANDIN_* overrides
     settings_env: dict[str, str] = field(default_factory=dict)  # overrides of chalicelib settings
     schedule_interval_s: float = 3.0
+    # WORKERS: SQS- and stream-triggered functions in worker processes of their own (Lambda's
+    # containers) instead of threads here. Needs an emulator in its own process: with
+    # EMULATOR=moto the mock lives in this process's memory, so they stay on threads.
+    workers: bool = False
+    worker_env: dict[str, str] = field(default_factory=dict)  # extra environment for every worker
+    worker_start_timeout_s: float = 90.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RuntimeConfig:
@@ -112,13 +146,15 @@ class RuntimeConfig:
             "ws_port": _env_int("WS_PORT", 8001),
             "ws_management_port": _env_int("WS_MANAGEMENT_PORT", 8002),
             "smtp_port": _env_int("SMTP_STANDIN_PORT", 8025),
-            "moto_port": _env_int("MOTO_PORT", 5000),
+            "emulator": os.environ.get("EMULATOR", "").strip().lower() or MINISTACK,
+            "emulator_port": _env_int("EMULATOR_PORT", 4566),
             "endpoint_url": os.environ.get("AWS_ENDPOINT_URL")
             or ("localstack" if os.environ.get("USE_LOCALSTACK") else None),
             "relay_url": os.environ.get("SMTP_RELAY_URL", "").strip() or None,
             "report_mailbox_url": os.environ.get("REPORT_MAILBOX_URL", "").strip() or None,
             "max_receive_count": _env_int("MAX_RECEIVE_COUNT", 5),
             "send_concurrency": _env_int("SEND_CONCURRENCY", 4),
+            "workers": _env_flag("WORKERS", True),
         }
         if os.environ.get("MAILPIPE_LOCAL_DIR"):
             values["local_dir"] = Path(os.environ["MAILPIPE_LOCAL_DIR"])
@@ -131,7 +167,7 @@ class RuntimeConfig:
         if not self.relay_url:
             ports["SMTP_STANDIN_PORT"] = self.smtp_port
         if not self.endpoint_url:
-            ports["MOTO_PORT"] = self.moto_port
+            ports["EMULATOR_PORT"] = self.emulator_port
         return {variable: port for variable, port in ports.items() if port}
 
 
@@ -180,7 +216,8 @@ class LocalRuntime:
         self._standin_process: subprocess.Popen | None = None
         self.smtp_port = 0  # the stand-in's, once started
         self.relay: Relay | None = None  # the user's own relay, if SMTP_RELAY_URL named one
-        self.sources: dict[str, SqsEventSource | StreamEventSource] = {}
+        self.sources: dict[str, SqsEventSource | StreamEventSource] = {}  # functions polled on threads here
+        self.workers: dict[str, list[WorkerProcess]] = {}  # functions run in worker processes
         self._scheduler_stop = threading.Event()
         self._scheduler: threading.Thread | None = None
         self.app: Any = None
@@ -214,7 +251,20 @@ class LocalRuntime:
         """Start every part; returns once all are ready. StartupError: nothing was started."""
         cfg = self.config
         self._preflight()
-        self.emulator = start_emulator(cfg.endpoint_url, cfg.host, cfg.moto_port)
+        try:
+            self.emulator = start_emulator(cfg.endpoint_url, cfg.host, cfg.emulator_port, cfg.emulator, cfg.local_dir)
+        except EmulatorError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            self._start_parts()
+        except BaseException:
+            self.stop()  # nothing left running, the emulator's process least of all
+            raise
+        return self
+
+    def _start_parts(self) -> None:
+        cfg = self.config
+        assert self.emulator is not None
         self.template = Template.load(
             cfg.stack_name,
             region=self.emulator.region,
@@ -230,24 +280,21 @@ class LocalRuntime:
         wiring.override(settings=self.settings)
         self.app = importlib.import_module("app").app
         self._start_websocket_gateway()
+        self._start_event_sources()  # worker processes start importing meanwhile
         self.api = ApiServer(self.app, cfg.host, cfg.api_port)
         self.api.start()
-        self._start_event_sources()
         self._start_scheduler()
-        return self
+        self._wait_for_workers()
 
     def stop(self) -> None:
         """Stop everything, newest first."""
-        self._scheduler_stop.set()
-        if self._scheduler:
-            self._scheduler.join(timeout=30)
-        for source in self.sources.values():
-            source.signal_stop()  # all at once: each may be in a long poll
-        for source in self.sources.values():
-            source.stop()
-        self.sources.clear()
+        self.stop_scheduler()
+        self._stop_queue_functions()
         if self.api:
             self.api.stop()
+        # Nothing writes any more: let the aggregators read what the streams still hold,
+        # which MiniStack would drop on stopping (it does not keep stream records).
+        self._drain_stream_functions()
         if self.gateway:
             self.gateway.stop()
         wiring.reset()
@@ -259,6 +306,7 @@ class LocalRuntime:
             self._standin_process.wait(timeout=10)
         if self.emulator:
             self.emulator.stop()
+            self.emulator = None
 
     def __enter__(self) -> LocalRuntime:
         return self.start()
@@ -270,6 +318,12 @@ class LocalRuntime:
     def _preflight(self) -> None:
         """Every check that needs nothing started: URLs parse, ports are free."""
         cfg = self.config
+        if not cfg.endpoint_url:
+            if cfg.emulator not in EMULATORS:
+                raise StartupError(f"EMULATOR must be one of {', '.join(EMULATORS)}, got {cfg.emulator!r}")
+            missing = ministack_missing() if cfg.emulator == MINISTACK else None
+            if missing:
+                raise StartupError(missing)
         if cfg.relay_url:
             try:
                 self.relay = parse_relay_url(cfg.relay_url)
@@ -299,6 +353,14 @@ class LocalRuntime:
             else "Delivery reports: not read (set REPORT_MAILBOX_URL=imaps://user:pass@host/INBOX)"
         )
         return lines
+
+    def describe_functions(self) -> str:
+        """A banner line: where the SQS- and stream-triggered functions run."""
+        if self.workers:
+            count = len(self.worker_processes())
+            logs = self.config.local_dir / "workers"
+            return f"Functions: {count} worker processes ({', '.join(self.workers)}), logs in {logs}/"
+        return f"Functions: on threads of this process ({', '.join(self.sources)})"
 
     def _standin_environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k.startswith("SMTP_STANDIN_")}
@@ -369,6 +431,9 @@ class LocalRuntime:
                     "SMTP_PASSWORD": standin["SMTP_PASSWORD"],
                 }
             )
+        if self.emulator.kind == MINISTACK:
+            # It checks no signature, and signing costs each request about a tenth of its client's CPU.
+            env.setdefault("AWS_UNSIGNED_LOOPBACK", "true")
         env.setdefault("JWT_SECRET", os.environ.get("JWT_SECRET") or LOCAL_JWT_SECRET)
         env["JWT_ALGORITHM"] = os.environ.get("JWT_ALGORITHM", "HS256")
         return Settings.from_env(env)
@@ -392,45 +457,146 @@ class LocalRuntime:
     def _concurrency(self, name: str) -> int:
         return {"send_mail": self.config.send_concurrency, "release_jobs": self.config.release_concurrency}.get(name, 1)
 
-    def _start_event_sources(self) -> None:
+    @property
+    def uses_workers(self) -> bool:
+        """Whether functions run in worker processes (asked for, and the emulator is reachable from them)."""
+        return bool(self.config.workers and self.emulator and not self.emulator.in_process)
+
+    def _event_source_specs(self) -> list[EventSourceSpec]:
+        """Every SQS and stream mapping of the app, resolved against infra/resources.yaml."""
         assert self.emulator and self.template
-        sqs = self.emulator.client("sqs")
+        specs = []
         for source in self.app.event_sources:
             kind = type(source).__name__
-            handler = self.app.handler_map[source.name]
+            if kind not in ("SQSEventConfig", "DynamoDBEventConfig"):
+                continue  # schedules run in this process (see _start_scheduler)
             target = self.template.event_source_target(source.name)
+            common = {
+                "function": source.name,
+                "region": self.emulator.region,
+                "endpoint_url": None if self.emulator.in_process else self.emulator.endpoint_url,
+                "batch_size": source.batch_size,
+                "unsigned": self.emulator.kind == MINISTACK,
+            }
             if kind == "SQSEventConfig":
                 if target is None:
                     raise ValueError(f"infra/resources.yaml names no queue for handler {source.name}")
                 queue = self.template.physical[target]
-                self.sources[source.name] = SqsEventSource(
-                    name=source.name,
-                    sqs=sqs,
-                    queue_url=queue["Ref"],
-                    queue_arn=queue["Arn"],
-                    handler=handler,
-                    region=self.emulator.region,
-                    batch_size=source.batch_size,
-                    batching_window_s=source.maximum_batching_window_in_seconds,
-                    concurrency=self._concurrency(source.name),
+                specs.append(
+                    EventSourceSpec(
+                        kind=SQS,
+                        queue_url=queue["Ref"],
+                        queue_arn=queue["Arn"],
+                        batching_window_s=float(source.maximum_batching_window_in_seconds),
+                        **common,
+                    )
                 )
             elif kind == "DynamoDBEventConfig":
                 if target is None:
                     raise ValueError(f"infra/resources.yaml names no stream for handler {source.name}")
                 overrides = self.template.event_source_properties(source.name)
-                self.sources[source.name] = StreamEventSource(
-                    name=source.name,
-                    streams=self.emulator.client("dynamodbstreams"),
-                    stream_arn=self.template.physical[target]["StreamArn"],
-                    handler=handler,
-                    region=self.emulator.region,
-                    batch_size=source.batch_size,
-                    # Lambda's window is whole seconds; locally a fraction keeps pushes fresh.
-                    batching_window_s=min(0.1, float(source.maximum_batching_window_in_seconds)),
-                    starting_position=overrides.get("StartingPosition", source.starting_position),
+                specs.append(
+                    EventSourceSpec(
+                        kind=STREAM,
+                        stream_arn=self.template.physical[target]["StreamArn"],
+                        # Lambda's window is whole seconds. Locally none: each poll (four a second)
+                        # hands over what it read, which keeps live pushes fresh.
+                        batching_window_s=0.0,
+                        starting_position=overrides.get("StartingPosition", source.starting_position),
+                        **common,
+                    )
                 )
-        for source in self.sources.values():
-            source.start()
+        return specs
+
+    def _start_event_sources(self) -> None:
+        assert self.emulator
+        specs = self._event_source_specs()
+        if self.config.workers and not self.uses_workers:
+            logger.warning("EMULATOR=moto lives in this process: functions run on threads here, not in workers")
+        if not self.uses_workers:
+            for spec in specs:
+                spec = dataclasses.replace(spec, pollers=self._concurrency(spec.function))
+                self.sources[spec.function] = build_event_source(
+                    spec, self.app.handler_map[spec.function], self.emulator.client
+                )
+            for source in self.sources.values():
+                source.start()
+            return
+        assert self.settings is not None
+        env = dict(os.environ)
+        env.update(settings_environment(self.settings))
+        env.update(self.config.worker_env)
+        for spec in specs:
+            self.workers[spec.function] = [
+                WorkerProcess(
+                    spec, index, env, self.config.local_dir / "workers" / f"{spec.function}-{index}.log", PROJECT_ROOT
+                )
+                for index in range(self._concurrency(spec.function))
+            ]
+        for worker in self.worker_processes():
+            worker.spawn()
+
+    def _wait_for_workers(self) -> None:
+        deadline = time.monotonic() + self.config.worker_start_timeout_s
+        try:
+            for worker in self.worker_processes():
+                worker.wait_ready(deadline)
+        except WorkerError as exc:
+            raise StartupError(str(exc)) from None
+
+    def worker_processes(self, kind: str | None = None) -> list[WorkerProcess]:
+        """The worker processes (of one kind of event source, ``"sqs"`` or ``"stream"``, if given)."""
+        return [w for group in self.workers.values() for w in group if kind is None or w.spec.kind == kind]
+
+    def _stop_queue_functions(self) -> None:
+        queues = [s for s in self.sources.values() if isinstance(s, SqsEventSource)]
+        for source in queues:
+            source.signal_stop()  # all at once: each may be in a long poll
+        workers = self.worker_processes(SQS)
+        for worker in workers:
+            worker.terminate()
+        for source in queues:
+            source.stop()
+            del self.sources[source.name]
+        for worker in workers:
+            worker.wait()
+            self.workers.pop(worker.spec.function, None)
+
+    def _drain_stream_functions(self) -> None:
+        workers = self.worker_processes(STREAM)
+        for worker in workers:
+            worker.terminate()  # a stream worker drains its stream, then exits
+        for name, source in list(self.sources.items()):
+            if isinstance(source, StreamEventSource):
+                source.drain()
+                del self.sources[name]
+        for worker in workers:
+            worker.wait()
+            self.workers.pop(worker.spec.function, None)
+
+    def stop_event_sources(self) -> None:
+        """Stop every SQS- and stream-triggered function (queues first; streams drained), threads or workers."""
+        self._stop_queue_functions()
+        self._drain_stream_functions()
+
+    def stop_scheduler(self) -> None:
+        """Stop the scheduled functions (the delivery-report reader)."""
+        self._scheduler_stop.set()
+        if self._scheduler:
+            self._scheduler.join(timeout=30)
+            self._scheduler = None
+
+    def process_ids(self) -> dict[str, int]:
+        """Every process of the runtime by role: this one, the emulator, the stand-in, each worker."""
+        pids = {"runtime": os.getpid()}
+        if self.emulator and self.emulator.pid:
+            pids[self.emulator.kind] = self.emulator.pid
+        if self._standin_process:
+            pids["smtp-standin"] = self._standin_process.pid
+        for worker in self.worker_processes():
+            if worker.pid:
+                pids[worker.name] = worker.pid
+        return pids
 
     def _start_scheduler(self) -> None:
         scheduled = [

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULTED_ON_PURPOSE = {
     "region": "Lambda sets AWS_REGION itself",
     "aws_endpoint_url": "unset on AWS: the region's own endpoints",
+    "aws_unsigned_loopback": "off on AWS: only the local runtime sets it, for the emulator it embeds",
     "websocket_management_url": "unset on AWS: each connection's own endpoint is used",
     "smtp_tls": "STARTTLS, as on Mailu's submission port",
     "smtp_verify_tls": "verify certificates",

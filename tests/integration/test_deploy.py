@@ -10,10 +10,8 @@ moto's gaps are patched in this test process only (tests/support/moto_gaps.py).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import pytest
 
 from infra.deploy import iam
 from tests.support import moto_gaps
+from tests.support.make import run_make, summary
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,23 +71,10 @@ class Deployment:
         }
 
     def make(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, **self.environment())
-        for inherited in ("AWS_PROFILE", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"):  # `make test` runs this test
-            env.pop(inherited, None)
-        venv = Path(sys.executable).parent.parent
-        result = subprocess.run(
-            ["make", "--no-print-directory", *args, f"VENV={venv}"],
-            cwd=self.project,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-        return result
+        return run_make(self.project, *args, env=self.environment())
 
     def summary(self, result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-        return json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])
+        return summary(result)
 
     def outputs(self) -> dict[str, str]:
         stack = self.client("cloudformation").describe_stacks(StackName=PREFIX)["Stacks"][0]

@@ -36,11 +36,14 @@ class WorkerKilled(Exception):
 
 
 class KillOnceAfterAcceptance:
-    """Passes mail to the real relay; the ``kill_at``-th submission freezes its worker for good.
+    """Passes mail to the real relay; freezes for good the worker of the first accepted mail from ``kill_at`` on.
 
     The relay accepts that mail, but the invocation never records the outcome
     nor returns — exactly a Lambda killed between SMTP acceptance and the
     outcome write. Its records come back after the queue's visibility timeout.
+    A submission the relay refuses (the stand-in's injected 451s, drops and
+    550s) is handed back as it is, and the next one is tried: which submission
+    comes ``kill_at``-th depends on timing, and it must be an accepted one.
     """
 
     def __init__(self, inner: Mailer, kill_at: int) -> None:
@@ -49,35 +52,34 @@ class KillOnceAfterAcceptance:
         self.submitted = 0
         self.killed_recipient: str | None = None
         self.accepted_before_kill = threading.Event()
+        self._armed = True
         self._frozen: Future[str] | None = None
         self._lock = threading.Lock()
 
     def submit(self, envelope: Envelope) -> Future[str]:
         with self._lock:
             self.submitted += 1
-            kill = self.submitted >= self.kill_at and self._frozen is None
+            kill = self._armed and self.submitted >= self.kill_at
             if kill:
-                self._frozen = Future()
-                self.killed_recipient = envelope.recipient
+                self._armed = False  # one candidate at a time
         real = self.inner.submit(envelope)
         if not kill:
             return real
-        frozen = self._frozen
-        assert frozen is not None
+        candidate: Future[str] = Future()
 
-        def settle(result: Future[str]) -> None:
-            if result.exception() is None:
-                self.accepted_before_kill.set()  # accepted, and the worker never hears of it
+        def settle(done: Future[str]) -> None:
+            error = done.exception()
+            if error is None:
+                self.killed_recipient = envelope.recipient
+                self._frozen = candidate  # never answered: the worker is "killed"
+                self.accepted_before_kill.set()
                 return
-            # The relay refused this one (a bounce, a 451, a drop): nothing to kill here.
-            # Pass the refusal on and freeze the next submission instead.
             with self._lock:
-                self._frozen = None
-                self.killed_recipient = None
-            frozen.set_exception(result.exception())  # type: ignore[arg-type]
+                self._armed = True  # refused: no acceptance to lose here, try the next mail
+            candidate.set_exception(error)
 
         real.add_done_callback(settle)
-        return frozen
+        return candidate
 
     def release(self) -> None:
         if self._frozen is not None and not self._frozen.done():

@@ -149,7 +149,7 @@ def relay() -> Iterator[tuple[RelayHandler, int]]:
 
 
 def run_environment(local_dir: Path, **overrides: str) -> dict[str, str]:
-    """The environment of `make run`, every port free, embedded moto, nothing SMTP-related inherited."""
+    """The environment of `make run`, every port free, the embedded emulator, nothing SMTP-related inherited."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -163,7 +163,7 @@ def run_environment(local_dir: Path, **overrides: str) -> dict[str, str]:
             "WS_PORT": str(free_port()),
             "WS_MANAGEMENT_PORT": str(free_port()),
             "SMTP_STANDIN_PORT": str(free_port()),
-            "MOTO_PORT": str(free_port()),
+            "EMULATOR_PORT": str(free_port()),
         }
     )
     env.update(overrides)
@@ -273,7 +273,7 @@ def test_run_sends_every_mail_through_the_relay_url_and_starts_no_stand_in(
     assert run.process.returncode == 0
 
 
-@pytest.mark.parametrize("variable", ["API_PORT", "SMTP_STANDIN_PORT", "MOTO_PORT"])
+@pytest.mark.parametrize("variable", ["API_PORT", "SMTP_STANDIN_PORT", "EMULATOR_PORT"])
 def test_run_exits_at_once_naming_a_port_that_is_taken(variable: str, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

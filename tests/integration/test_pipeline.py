@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from chalicelib.release import send_job_body
 from chalicelib.rendering import message_id
 from infra.local.runtime import LocalRuntime
+from tests.conftest import start_runtime
 from tests.support.api import Api
 from tests.support.maildir import accepted_messages
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
+    """The pipeline as `make run` runs it: every SQS and stream function in worker processes."""
+    rt = start_runtime(tmp_path_factory.mktemp("pipeline"), workers=True)
+    try:
+        yield rt
+    finally:
+        rt.stop()
 
 
 def test_a_thousand_recipient_campaign_delivers_each_mail_exactly_once(runtime: LocalRuntime, api: Api) -> None:

@@ -158,11 +158,16 @@ def test_a_port_that_is_not_a_number_names_its_variable(monkeypatch: pytest.Monk
         RuntimeConfig.from_env()
 
 
-def test_a_relay_needs_no_stand_in_port_and_an_endpoint_no_moto_port() -> None:
-    config = RuntimeConfig(api_port=8000, ws_port=8001, ws_management_port=0, smtp_port=8025, moto_port=5000)
-    assert config.ports_needed() == {"API_PORT": 8000, "WS_PORT": 8001, "SMTP_STANDIN_PORT": 8025, "MOTO_PORT": 5000}
+def test_a_relay_needs_no_stand_in_port_and_an_endpoint_no_emulator_port() -> None:
+    config = RuntimeConfig(api_port=8000, ws_port=8001, ws_management_port=0, smtp_port=8025, emulator_port=4566)
+    assert config.ports_needed() == {
+        "API_PORT": 8000,
+        "WS_PORT": 8001,
+        "SMTP_STANDIN_PORT": 8025,
+        "EMULATOR_PORT": 4566,
+    }
 
     elsewhere = RuntimeConfig(
-        api_port=8000, smtp_port=8025, moto_port=5000, relay_url="smtp://relay.test", endpoint_url="http://aws:4566"
+        api_port=8000, smtp_port=8025, emulator_port=4566, relay_url="smtp://relay.test", endpoint_url="http://aws:4566"
     )
     assert elsewhere.ports_needed() == {"API_PORT": 8000}

@@ -10,7 +10,14 @@ import pytest
 from jinja2 import TemplateError, UndefinedError
 from jinja2.exceptions import SecurityError
 
-from chalicelib.rendering import CampaignTemplates, build_message, message_id, recipient_context, render_field
+from chalicelib.rendering import (
+    CampaignTemplates,
+    build_message,
+    message_bytes,
+    message_id,
+    recipient_context,
+    render_field,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -177,3 +184,63 @@ def test_recipient_context_adds_email_without_overriding_vars() -> None:
 def test_runtime_failure_in_a_template_surfaces_as_template_error() -> None:
     with pytest.raises(TemplateError):
         render_field("{{ 100 / share }}", {"share": 0})
+
+
+def _without_date(raw: bytes) -> bytes:
+    return re.sub(rb"^Date: [^\n]*\n", b"", raw, flags=re.MULTILINE)
+
+
+def _without_boundary(raw: bytes) -> bytes:
+    boundary = re.search(rb'boundary="([^"]+)"', raw)
+    return raw.replace(boundary.group(1), b"BOUNDARY") if boundary else raw
+
+
+@pytest.mark.parametrize(
+    ("overrides", "email", "variables"),
+    [
+        ({}, "alice@example.com", {"first_name": "Alice"}),
+        ({"html": None}, "alice@example.com", {"first_name": "Alice"}),
+        ({"text": None}, "alice@example.com", {"first_name": "Alice"}),
+        ({"text": None, "html": None}, "alice@example.com", {"first_name": "Alice"}),
+        ({"reply_to": "help@shop.example.com"}, "bob.o'neil+news@sub.example.org", {"first_name": "Bob"}),
+        ({"from_addr": "Bénédicte Café <news@shop.example.com>"}, "alice@example.com", {"first_name": "Alice"}),
+        ({}, "alice@example.com", {"first_name": "Jörg Ümlaut"}),  # non-ASCII subject and 8bit bodies
+        ({}, "alice@example.com", {"first_name": "x" * 120}),  # a subject that must be folded, long body lines
+        ({}, "alice@example.com", {"first_name": "=?utf-8?q?looks_encoded?="}),
+        ({}, "alice@example.com", {"first_name": "Alice\r\nBcc: victim@example.com"}),
+        ({}, '"quoted local"@example.com', {"first_name": "Q"}),
+        ({"text": "Line one\r\nline two\rline three\n\nend"}, "alice@example.com", {"first_name": "A"}),
+    ],
+)
+def test_message_bytes_is_the_same_mail_as_build_message(
+    overrides: dict[str, str | None], email: str, variables: dict[str, str]
+) -> None:
+    campaign = templates(**overrides)
+
+    fast = message_bytes(campaign, email, variables, DOMAIN)
+    slow = build_message(campaign, email, variables, DOMAIN).as_bytes()
+
+    # Byte for byte, but for the clock and the multipart boundary each drew on their own.
+    assert _without_boundary(_without_date(fast)) == _without_boundary(_without_date(slow))
+    parsed = message_from_bytes(fast, policy=policy.default)
+    assert parsedate_to_datetime(parsed["Date"]).utcoffset().total_seconds() == 0
+    assert parsed["Message-ID"] == message_id(CAMPAIGN, email, DOMAIN)
+
+
+def test_message_bytes_raises_the_template_errors_build_message_raises() -> None:
+    with pytest.raises(SecurityError):
+        message_bytes(templates(subject="{{ ''.__class__.__mro__ }}"), "alice@example.com", {"first_name": "A"}, DOMAIN)
+    with pytest.raises(UndefinedError):
+        message_bytes(templates(), "alice@example.com", {}, DOMAIN)
+
+
+def test_a_body_holding_the_campaigns_boundary_still_gives_a_well_formed_mail() -> None:
+    campaign = templates(text="{{ first_name }}")
+    first = message_bytes(campaign, "alice@example.com", {"first_name": "A"}, DOMAIN)
+    boundary = re.search(rb'boundary="([^"]+)"', first).group(1).decode()
+
+    tricky = message_bytes(campaign, "alice@example.com", {"first_name": f"--{boundary}"}, DOMAIN)
+
+    parsed = message_from_bytes(tricky, policy=policy.default)
+    assert [part.get_content_type() for part in parsed.iter_parts()] == ["text/plain", "text/html"]
+    assert parsed.get_body(preferencelist=("plain",)).get_content().strip() == f"--{boundary}"
