@@ -18,19 +18,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from websockets.sync.client import ClientConnection, connect
 
 from chalicelib.auth import READ, WRITE, mint_token
 from chalicelib.settings import Settings
@@ -38,6 +35,8 @@ from infra.local.smtp_standin import MailuStandin, StandinConfig
 from tests.support.api import Api
 from tests.support.maildir import accepted_messages
 from tests.support.make import run_make, summary
+from tests.support.waiting import free_port, wait_until
+from tests.support.websocket import Viewer
 
 # A first deploy takes about a minute here, more on a loaded machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -62,23 +61,6 @@ AWS_ENVIRONMENT = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(interval_s)
-
-
 class MiniStackProcess:
     """MiniStack on a free loopback port, in its own process group with the function workers it spawns."""
 
@@ -86,7 +68,7 @@ class MiniStackProcess:
         python = MINISTACK_VENV / "bin" / "python"
         if not python.exists():
             pytest.fail(f"no MiniStack virtualenv at {MINISTACK_VENV} (`make install` sets up .venv-ministack)")
-        self.port = _free_port()
+        self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log = workdir / "ministack.log"
         self.health: dict[str, Any] = {}
@@ -120,7 +102,7 @@ class MiniStackProcess:
             except (urllib.error.URLError, OSError):
                 return None
 
-        self.health = _wait(health, READY_S, "MiniStack's health endpoint")
+        self.health = wait_until(health, READY_S, interval_s=0.2, what="MiniStack's health endpoint")
         return self.health
 
     def stop(self) -> None:
@@ -142,7 +124,7 @@ class Relay:
     """The Mailu stand-in on one port for the whole module; it can be taken down and brought back."""
 
     def __init__(self, maildir_root: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.maildir_root = maildir_root
         self.server: MailuStandin | None = None
 
@@ -322,34 +304,6 @@ def test_a_small_campaign_through_the_deployed_api_reaches_every_recipient(
         message = mail[recipient["email"]]
         assert message["Subject"] == f"Hello {recipient['vars']['name']}"
         assert f"mail for {recipient['email']}" in message.get_body(("plain",)).get_content()
-
-
-class Viewer:
-    """A dashboard's WebSocket connection to the deployed WebSocket API, collecting every message."""
-
-    def __init__(self, url: str, bearer: str) -> None:
-        self.ws: ClientConnection = connect(f"{url}?token={bearer}", open_timeout=30)
-        self.messages: list[dict[str, Any]] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for raw in self.ws:
-                self.messages.append(json.loads(raw))
-        except Exception:  # noqa: BLE001 - the connection closing ends the reader
-            pass
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.ws.send(json.dumps(message))
-
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
-        return _wait(
-            lambda: next((m for m in list(self.messages) if predicate(m)), None),
-            timeout_s,
-            f"a WebSocket message like that (got {self.messages[-3:]})",
-            interval_s=0.05,
-        )
 
 
 def test_a_subscribed_dashboard_gets_the_aggregators_push(deployment: Deployment, relay: Relay) -> None:

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from infra.local.dsn_builder import build_dsn
 from infra.local.emulator import MINISTACK, MOTO, Emulator, start_emulator, start_ministack
 from tests.conftest import start_runtime
 from tests.support.api import Api, token
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -38,16 +38,6 @@ def _listening(url: str) -> bool:
     with socket.socket() as probe:
         probe.settimeout(1)
         return probe.connect_ex((host, int(port))) == 0
-
-
-def _wait_until(predicate: Any, timeout_s: float = 30, interval_s: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError("condition not met in time")
 
 
 def test_a_campaign_survives_a_restart_of_the_runtime_on_the_same_dir(tmp_path: Path) -> None:
@@ -125,7 +115,7 @@ def test_ministack_stops_and_keeps_its_state_when_its_runtime_is_killed(tmp_path
         assert endpoint.startswith("http://127.0.0.1:") and _listening(endpoint)
         owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=10)
-        _wait_until(lambda: not _listening(endpoint))
+        wait_until(lambda: not _listening(endpoint))
     finally:
         if owner.poll() is None:
             owner.kill()
@@ -176,7 +166,7 @@ def test_a_message_is_received_max_receive_count_times_then_dead_lettered(emulat
                 QueueUrl=source, ReceiptHandle=received[0]["ReceiptHandle"], VisibilityTimeout=0
             )
     assert counts == ["1", "2", "3"]
-    (dead,) = _wait_until(lambda: _receive(sqs, dlq, wait_s=1))
+    (dead,) = wait_until(lambda: _receive(sqs, dlq, wait_s=1))
     assert dead["MessageId"] == message_id and dead["Attributes"]["ApproximateReceiveCount"] == "4"
 
 
@@ -190,7 +180,7 @@ def test_change_message_visibility_hides_from_the_call_and_zero_shows_at_once(em
     assert _receive(sqs, url) == []  # in flight for the queue's 30 s
     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=1)
     assert _receive(sqs, url) == []
-    (second,) = _wait_until(lambda: _receive(sqs, url), timeout_s=10)
+    (second,) = wait_until(lambda: _receive(sqs, url), timeout_s=10)
     assert second["MessageId"] == first["MessageId"] and second["ReceiptHandle"] != first["ReceiptHandle"]
     assert _receive(sqs, url) == []  # the queue's 30 s again, not the 1 s set before
     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=second["ReceiptHandle"], VisibilityTimeout=0)

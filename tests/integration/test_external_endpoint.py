@@ -8,7 +8,6 @@ as with ``AWS_ENDPOINT_URL=http://localhost:4566``.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -21,19 +20,14 @@ import pytest
 from infra.local.runtime import LocalRuntime
 from tests.conftest import start_runtime
 from tests.support.api import Api, token
+from tests.support.waiting import free_port
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -23,7 +23,6 @@ import contextvars
 import json
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -34,7 +33,6 @@ from typing import Any
 
 import pytest
 from chalice.app import ChaliceAuthorizer, EventSourceHandler
-from websockets.sync.client import ClientConnection, connect
 
 import app as app_module
 from chalicelib import wiring
@@ -61,6 +59,8 @@ from infra.local.runtime import LocalRuntime
 from tests.conftest import start_runtime
 from tests.support.api import Api, token
 from tests.support.packaged import load
+from tests.support.waiting import wait_until
+from tests.support.websocket import Viewer
 
 pytestmark = pytest.mark.integration
 
@@ -243,43 +243,6 @@ class ScriptedRelay:
         return self.inner.submit(envelope)
 
 
-class Viewer:
-    """A dashboard's WebSocket, collecting what it is sent."""
-
-    def __init__(self, url: str, bearer: str) -> None:
-        self.ws: ClientConnection = connect(f"{url}/?token={bearer}")
-        self.messages: list[dict[str, Any]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        try:
-            for raw in self.ws:
-                self.messages.append(json.loads(raw))
-        except Exception:  # noqa: BLE001 - the connection closing ends the reader
-            pass
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.ws.send(json.dumps(message))
-
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = 30) -> dict[str, Any]:
-        return wait_for(lambda: next((m for m in list(self.messages) if predicate(m)), None), timeout_s)
-
-    def close(self) -> None:
-        self.ws.close()
-        self._reader.join(timeout=5)
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 120, interval_s: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
-
-
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
     """Bounces at SMTP, failures reported later by DSN, and a release stage slow enough to run out of time."""
@@ -359,7 +322,7 @@ def lambda_service_uses(runtime: LocalRuntime, function: str, action: str, key: 
 def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
     """A day of mailpipe, touching every function and every path its grants are for."""
     api = Api(runtime.api_url, token("iam", scopes=("campaigns:read", "campaigns:write", "admin")))
-    viewer = Viewer(runtime.ws_url, token("iam"))
+    viewer = Viewer(runtime.ws_url + "/", token("iam"))
     relay.refusing = frozenset({"held", "poison"})
 
     # Two jobs that never get through: dead-lettered, recorded failed, parked for operators.
@@ -380,7 +343,7 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
     viewer.send({"action": "subscribe", "campaign_id": alerting})
     viewer.wait_for(lambda m: m.get("type") == "subscribed")
     viewer.wait_for(lambda m: m.get("type") == "stats" and m.get("campaign_id") == alerting)
-    wait_for(lambda: "bounce_rate" in api.call("GET", f"/campaigns/{alerting}/stats")[1]["alerts"], timeout_s=60)
+    wait_until(lambda: "bounce_rate" in api.call("GET", f"/campaigns/{alerting}/stats")[1]["alerts"], timeout_s=60)
     assert api.call("GET", f"/campaigns/{alerting}")[1]["status"] == "paused"
 
     # The user takes over: resume, pause, resume; then the held recipient gets through.
@@ -406,7 +369,7 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
     )
     counts = api.wait_until_done(bulk, timeout_s=120)["counts"]
     assert counts["sent"] + counts["delivered"] == 25
-    wait_for(
+    wait_until(
         lambda: (
             not connections.query(
                 TableName=connections_table,
@@ -421,21 +384,23 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
         counts = api.call("GET", f"/campaigns/{alerting}")[1]["counts"]
         return counts["delivered"] >= 1 and counts["bounced"] == 2
 
-    wait_for(reported, timeout_s=120)
+    wait_until(reported, timeout_s=120)
     done = api.wait_until_done(alerting, timeout_s=120)
     assert done["status"] == "completed_with_failures"
-    wait_for(lambda: api.call("GET", f"/campaigns/{alerting}/stats")[1]["engagement"].get("report_failed"))
+    wait_until(
+        lambda: api.call("GET", f"/campaigns/{alerting}/stats")[1]["engagement"].get("report_failed"), timeout_s=120
+    )
 
     # The dead letters: seen by an operator, retried, redriven.
     assert api.wait_until_done(doomed, timeout_s=180)["counts"]["failed"] == 2
-    dlq = wait_for(lambda: (r := api.call("GET", "/dlq")[1]) and r["count"] == 2 and r, timeout_s=60)
+    dlq = wait_until(lambda: (r := api.call("GET", "/dlq")[1]) and r["count"] == 2 and r, timeout_s=60)
     assert {job["email"] for job in dlq["jobs"]} == {"poison0@example.org", "poison1@example.org"}
     relay.refusing = frozenset()
     status, retried = api.call("POST", f"/campaigns/{doomed}/retry")
     assert status == 202 and retried["requeued"] == 2
     assert api.call("POST", "/dlq/redrive")[0] == 202
     assert api.wait_until_done(doomed, timeout_s=60)["counts"]["failed"] == 0
-    assert wait_for(lambda: api.call("GET", "/dlq")[1]["count"] == 0)
+    assert wait_until(lambda: api.call("GET", "/dlq")[1]["count"] == 0, timeout_s=120)
     exercise_release_dead_letters(runtime, api)
 
     # Everything a reader of the API looks at.
@@ -451,7 +416,9 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
     viewer.send({"action": "unsubscribe", "campaign_id": alerting})
     viewer.wait_for(lambda m: m.get("type") == "unsubscribed")
     viewer.close()
-    wait_for(lambda: not connections.scan(TableName=connections_table)["Items"])  # $disconnect forgot it all
+    wait_until(
+        lambda: not connections.scan(TableName=connections_table)["Items"], timeout_s=120
+    )  # $disconnect forgot it all
     runtime.run_scheduled("read_delivery_reports")
 
 
@@ -471,7 +438,9 @@ def exercise_release_dead_letters(runtime: LocalRuntime, api: Api) -> None:
     )
     counts = api.wait_until_done(stalled, timeout_s=60)["counts"]
     assert counts["failed"] >= 10 and counts["failed"] + counts["sent"] + counts["delivered"] == 25
-    parked = wait_for(lambda: (r := api.call("GET", "/dlq")[1]) and r["count"] == counts["failed"] and r)
+    parked = wait_until(
+        lambda: (r := api.call("GET", "/dlq")[1]) and r["count"] == counts["failed"] and r, timeout_s=120
+    )
     assert {job["campaign_id"] for job in parked["jobs"]} == {stalled}
     status, moved = api.call("POST", "/dlq/redrive")
     assert status == 202 and moved["moved"] == counts["failed"]
@@ -512,7 +481,7 @@ def exercise_stream_failures(runtime: LocalRuntime, api: Api) -> None:
         attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
         return all(attributes[name] == "0" for name in names)
 
-    wait_for(drained, timeout_s=60)
+    wait_until(drained, timeout_s=60)
     assert api.call("GET", "/stream-failures")[1]["count"] == 1
 
 

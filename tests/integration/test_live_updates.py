@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 
 from chalicelib import stats, wiring
 from chalicelib.aggregation import transitions_from
 from infra.local.runtime import LocalRuntime
 from tests.conftest import start_runtime
 from tests.support.api import Api, token
+from tests.support.websocket import Viewer
 
 pytestmark = pytest.mark.integration
 
@@ -39,42 +38,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
         rt.stop()
 
 
-class Viewer:
-    """A dashboard's WebSocket connection, collecting every message in the background."""
-
-    def __init__(self, url: str, bearer: str) -> None:
-        self.ws: ClientConnection = connect(f"{url}/?token={bearer}")
-        self.messages: list[dict[str, Any]] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        try:
-            for raw in self.ws:
-                self.messages.append(json.loads(raw))
-        except Exception:  # noqa: BLE001 - the connection closing ends the reader
-            pass
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.ws.send(json.dumps(message))
-
-    def wait_for(self, predicate: Any, timeout_s: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        seen = 0
-        while time.monotonic() < deadline:
-            for message in self.messages[seen:]:
-                if predicate(message):
-                    return message
-            seen = len(self.messages)
-            time.sleep(0.05)
-        raise AssertionError(f"no matching message; got {self.messages[-5:]}")
-
-    def close(self) -> None:
-        self.ws.close()
-
-
 def test_a_viewer_sees_a_rising_sequence_ending_at_the_exact_counts(runtime: LocalRuntime, api: Api) -> None:
-    viewer = Viewer(runtime.ws_url, token("acme"))
+    viewer = Viewer(runtime.ws_url + "/", token("acme"))
     try:
         created = api.create_campaign(1000, prefix="live")
         campaign_id = created["campaign_id"]
@@ -112,7 +77,7 @@ def test_sockets_without_a_valid_token_are_refused(runtime: LocalRuntime) -> Non
 
 def test_another_tenants_campaign_is_refused_like_a_missing_one(runtime: LocalRuntime, api: Api) -> None:
     campaign_id = api.create_campaign(1, prefix="private")["campaign_id"]
-    intruder = Viewer(runtime.ws_url, token("globex"))
+    intruder = Viewer(runtime.ws_url + "/", token("globex"))
     try:
         intruder.send({"action": "subscribe", "campaign_id": campaign_id})
         theirs = intruder.wait_for(lambda m: m.get("type") == "error")
@@ -175,7 +140,7 @@ def test_a_bouncing_campaign_pauses_itself_alerts_and_resumes(runtime: LocalRunt
     recipients = [
         {"email": f"b{i}@{'bounce.example' if i % 10 else 'example.org'}", "vars": {"name": "x"}} for i in range(2000)
     ]
-    viewer = Viewer(rt.ws_url, token("alerts"))
+    viewer = Viewer(rt.ws_url + "/", token("alerts"))
     try:
         campaign_id = api.create_campaign(0, recipients=recipients, alerts={"min_sends": 20})["campaign_id"]
         viewer.send({"action": "subscribe", "campaign_id": campaign_id})

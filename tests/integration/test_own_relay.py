@@ -27,6 +27,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.api import Api, token
+from tests.support.waiting import free_port
 
 # The test relay takes AUTH over plain SMTP on loopback on purpose (smtp://…?tls=none).
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")]
@@ -36,13 +37,6 @@ RELAY_USER = "news@mailu.test"
 RELAY_PASSWORD = "p@ss:w/rd"  # percent-encoded in the URL
 START_TIMEOUT_S = 180.0  # a cold start on a busy two-core machine
 _DSN_PARAMETERS = ("RET=", "ENVID=", "NOTIFY=", "ORCPT=")
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (the kernel picks it; it stays free for long enough)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def is_listening(port: int) -> bool:

@@ -13,15 +13,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import start_runtime
 from tests.support.api import Api, token
 from tests.support.maildir import accepted_messages
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +34,6 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rindex(")") + 2] != "Z"
-
-
-def _wait_until(predicate: Any, timeout_s: float = 30, interval_s: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError("condition not met in time")
 
 
 def test_functions_run_in_their_own_processes_and_stop_with_the_runtime(tmp_path: Path) -> None:
@@ -103,7 +92,7 @@ def test_workers_stop_when_their_runtime_is_killed(tmp_path: Path) -> None:
         assert len(pids) >= 8 and all(_running(pid) for pid in pids)  # workers, MiniStack (the stand-in is a thread)
         owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=10)
-        _wait_until(lambda: not any(_running(pid) for pid in pids), timeout_s=60)
+        wait_until(lambda: not any(_running(pid) for pid in pids), timeout_s=60)
     finally:
         if owner.poll() is None:
             owner.kill()
