@@ -98,9 +98,13 @@ def wire_address(address: str) -> str:
             raise PermanentDeliveryError(f"not sent: {address!r} has no valid IDNA form ({exc})") from exc
         address = f"{local_part}@{domain}"
     try:
-        parse_address(address)  # what aiosmtplib refuses later, refused here before any command
+        # aiosmtplib sends what email.utils.parseaddr makes of an address: "a@exa mple.org"
+        # would go out as <a@exa>. Only an address that is its own parse goes at all.
+        parsed = parse_address(address)
     except ValueError as exc:
         raise PermanentDeliveryError(f"not sent: {exc}") from exc
+    if parsed != address:
+        raise PermanentDeliveryError(f"not sent: {address!r} is not one mailbox")
     return address
 
 
@@ -113,20 +117,25 @@ def bounce_address(address: str) -> str:
 
 
 _SEVEN_BIT = policy.default.clone(cte_type="7bit")
+_HEADER_BLOCK_END = re.compile(rb"\r?\n\r?\n")
 
 
 def seven_bit(message: bytes) -> bytes:
     """The message with every 8-bit part re-encoded (base64, the standard library's choice for UTF-8).
 
     For a relay that does not offer 8BITMIME (RFC 6152), which may not take 8-bit data at all.
+    8-bit headers (RFC 6532) or an 8-bit part without a charset cannot be made 7-bit: that
+    mail is refused, permanently, for its recipient.
     """
-    parsed = BytesParser(policy=policy.default).parsebytes(message)
+    cannot = PermanentDeliveryError("not sent: the relay does not offer 8BITMIME and the message cannot be 7-bit")
+    if not _HEADER_BLOCK_END.split(message, maxsplit=1)[0].isascii():
+        raise cannot
     out = io.BytesIO()
-    BytesGenerator(out, policy=_SEVEN_BIT).flatten(parsed)
-    encoded = out.getvalue()
-    if not encoded.isascii():  # 8-bit headers, or a part without a charset to encode with
-        raise PermanentDeliveryError("not sent: the relay does not offer 8BITMIME and the message cannot be 7-bit")
-    return encoded
+    try:
+        BytesGenerator(out, policy=_SEVEN_BIT).flatten(BytesParser(policy=policy.default).parsebytes(message))
+    except UnicodeError as exc:
+        raise cannot from exc
+    return out.getvalue()
 
 
 def retry_hint(message: str) -> float | None:
