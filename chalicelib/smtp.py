@@ -229,6 +229,13 @@ class SmtpPool:
         await smtp.connect()
         if s.smtp_username:
             await smtp.login(s.smtp_username, s.smtp_password)
+        if smtp.is_ehlo_or_helo_needed:
+            # Without TLS or AUTH nothing has said EHLO yet, and what the relay offers
+            # (SMTPUTF8, 8BITMIME, DSN) decides the transaction before sendmail would say it.
+            try:
+                await smtp.ehlo()
+            except aiosmtplib.SMTPHeloError:
+                await smtp.helo()
         return smtp
 
     async def _checkout(self) -> aiosmtplib.SMTP:
