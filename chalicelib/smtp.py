@@ -300,16 +300,20 @@ def transaction(
     mail_options: list[str] = []
     rcpt_options: list[str] = []
     message = envelope.message
-    international = not (sender.isascii() and recipient.isascii())
+    eight_bit = not message.isascii()
+    # RFC 6532 headers (raw UTF-8, as rendering writes them for a non-ASCII address) need SMTPUTF8 too.
+    utf8_headers = eight_bit and not _HEADER_BLOCK_END.split(message, maxsplit=1)[0].isascii()
+    international = utf8_headers or not (sender.isascii() and recipient.isascii())
     if international:
         if not smtp.supports_extension("smtputf8"):
             if not sender.isascii():
                 raise TemporaryDeliveryError(
                     f"the relay does not offer SMTPUTF8, which the bounce address {sender!r} needs"
                 )
-            raise PermanentDeliveryError(f"not sent: the relay does not offer SMTPUTF8, which {recipient!r} needs")
+            needs = f"{recipient!r} needs" if not recipient.isascii() else "this mail's UTF-8 headers need"
+            raise PermanentDeliveryError(f"not sent: the relay does not offer SMTPUTF8, which {needs}")
         mail_options.append("SMTPUTF8")
-    if not message.isascii():
+    if eight_bit:
         # RFC 6531 has a relay that offers SMTPUTF8 take 8BITMIME too; its UTF-8 headers
         # could not be made 7-bit anyway.
         if international or smtp.supports_extension("8bitmime"):

@@ -141,6 +141,19 @@ def test_a_utf8_recipient_without_smtputf8_is_refused_with_a_reason() -> None:
     assert info.value.code is None
 
 
+def test_utf8_headers_need_smtputf8_even_for_an_ascii_recipient() -> None:
+    raw = "From: a@shop.example\nTo: jose@exämple.com\nSubject: x\n\nhi\n".encode()
+
+    mail, _, _ = transaction(
+        relay("smtputf8", "8bitmime"), envelope("jose@exämple.com", raw), *_wire("jose@exämple.com")
+    )
+    with pytest.raises(PermanentDeliveryError) as info:
+        transaction(relay("8bitmime"), envelope("jose@exämple.com", raw), *_wire("jose@exämple.com"))
+
+    assert mail == ["SMTPUTF8", "BODY=8BITMIME"]
+    assert str(info.value) == "not sent: the relay does not offer SMTPUTF8, which this mail's UTF-8 headers need"
+
+
 def test_dsn_parameters_name_the_recipient_as_sent() -> None:
     raw = b"Subject: x\n\nhi\n"
     mail, rcpt, _ = transaction(relay("dsn"), envelope("jose@exämple.com", raw), *_wire("jose@exämple.com"))
