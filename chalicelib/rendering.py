@@ -241,4 +241,8 @@ def message_bytes(templates: CampaignTemplates, email: str, variables: dict[str,
     rendered = _skeleton(templates).render(email, variables, domain)
     if rendered is not None:
         return rendered
+    if not email.isascii():
+        # A non-ASCII local part: no encoded word may stand in an address, so the headers are
+        # RFC 6532 UTF-8, and the sender sends the mail with SMTPUTF8 or not at all.
+        return build_message(templates, email, variables, domain).as_bytes(policy=_POLICY.clone(utf8=True))
     return build_message(templates, email, variables, domain).as_bytes()

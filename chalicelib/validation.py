@@ -7,10 +7,10 @@ and each bad recipient row, so a client can fix its list in one go.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from email.utils import getaddresses
+from email.utils import formataddr, getaddresses
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from jinja2 import TemplateError
 from jinja2.exceptions import SecurityError
 
@@ -47,8 +47,16 @@ class CampaignRequest:
     alerts: dict[str, float] = field(default_factory=dict)  # bounce_rate, failure_rate, min_sends
 
 
-def normalize_address(raw: str, allow_special_use_domains: bool = False) -> str:
-    """Syntax-check one address and return it normalized (lowercased) for keys and matching.
+def normalize_address(raw: str, allow_special_use_domains: bool = False, allow_smtputf8: bool = True) -> str:
+    """Syntax-check one address and return its canonical form: the key for storage, matching and SMTP.
+
+    The canonical form is lowercased, with the domain in IDNA 2008 A-labels (punycode), as
+    email-validator computes it: ``Jose@Exämple.com`` is ``jose@xn--exmple-cua.com``. That is
+    the form RCPT TO and the ``To:`` header carry and delivery reports name, and it makes
+    the Unicode and punycode spellings of one mailbox the same recipient. A non-ASCII local
+    part (RFC 6531) is accepted (NFC-normalized) unless ``allow_smtputf8`` is false: whether
+    the relay offers SMTPUTF8 is only known at send time, where such a recipient without it
+    gets a clear ``bounced`` outcome. Anything that is not an address at all is refused here.
 
     With ``allow_special_use_domains``, addresses on ``.test`` and ``.local`` pass too.
     email-validator exempts only ``test`` per call (``test_environment``); its list of
@@ -56,14 +64,18 @@ def normalize_address(raw: str, allow_special_use_domains: bool = False) -> str:
     a ``.local`` domain is checked with that last label read as ``test``, then given back.
     """
     if not allow_special_use_domains:
-        return validate_email(raw, check_deliverability=False, allow_smtputf8=False).normalized.lower()
+        return _canonical(validate_email(raw, check_deliverability=False, allow_smtputf8=allow_smtputf8))
     local_part, at, domain = raw.rpartition("@")
     on_local = bool(at) and domain.lower().endswith(_LOCAL_SUFFIX)
     checked = f"{local_part}@{domain[: -len(_LOCAL_SUFFIX)]}.test" if on_local else raw
-    normalized = validate_email(
-        checked, check_deliverability=False, allow_smtputf8=False, test_environment=True
-    ).normalized.lower()
+    normalized = _canonical(
+        validate_email(checked, check_deliverability=False, allow_smtputf8=allow_smtputf8, test_environment=True)
+    )
     return f"{normalized.removesuffix('.test')}{_LOCAL_SUFFIX}" if on_local else normalized
+
+
+def _canonical(checked: ValidatedEmail) -> str:
+    return f"{checked.local_part}@{checked.ascii_domain}".lower()
 
 
 def _header_value(body: dict, name: str, errors: list[dict], required: bool) -> str | None:
@@ -89,12 +101,16 @@ def _mailbox(body: dict, name: str, errors: list[dict], required: bool, allow_sp
     if len(addresses) != 1:
         errors.append({"field": name, "error": "must be exactly one address"})
         return None
-    _display, addr = addresses[0]
+    display, addr = addresses[0]
     try:
-        normalize_address(addr, allow_special_use)
+        # ASCII local part only: this header is on every mail, which would all need SMTPUTF8.
+        canonical = normalize_address(addr, allow_special_use, allow_smtputf8=False)
     except EmailNotValidError as exc:
         errors.append({"field": name, "error": f"invalid address: {exc}"})
         return None
+    if not addr.isascii():
+        # An IDN domain: a header can only carry it as A-labels (no encoded words in an address).
+        return formataddr((display, f"{addr.rpartition('@')[0]}@{canonical.rpartition('@')[2]}"))
     return value
 
 

@@ -11,6 +11,8 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+from chalicelib.smtp import utf8_addr_xtext
+
 REPORTING_MTA = "mail.mailpipe.local"
 
 _SUBJECTS = {
@@ -130,9 +132,12 @@ def build_dsn(
         lines.append(f"Original-Envelope-Id: {xtext_encode(envelope_id)}")
     if sender:
         lines.append(f"X-Postfix-Sender: rfc822; {sender}")
-    lines += [f"Arrival-Date: {_date(arrival)}", "", f"Final-Recipient: rfc822; {recipient}"]
+    # A non-ASCII address is RFC 6533's utf-8 type, escaped as \x{..}: what message/delivery-status may hold.
+    final = f"rfc822; {recipient}" if recipient.isascii() else f"utf-8; {utf8_addr_xtext(recipient)}"
+    lines += [f"Arrival-Date: {_date(arrival)}", "", f"Final-Recipient: {final}"]
     if orcpt:
-        lines.append(f"Original-Recipient: rfc822;{xtext_encode(orcpt)}")
+        original = f"rfc822;{xtext_encode(orcpt)}" if orcpt.isascii() else f"utf-8;{utf8_addr_xtext(orcpt)}"
+        lines.append(f"Original-Recipient: {original}")
     lines += [f"Action: {action}", f"Status: {status}"]
     if remote_mta:
         lines.append(f"Remote-MTA: dns; {remote_mta}")

@@ -302,6 +302,16 @@ class _BadParameter(ValueError):
     pass
 
 
+_EMBEDDED_UNICODE = re.compile(r"\\x\{([0-9A-F]{1,6})\}")
+
+
+def _unicode_char(match: re.Match[str]) -> str:
+    code = int(match.group(1), 16)
+    if code > 0x10FFFF:
+        raise _BadParameter("ORCPT")
+    return chr(code)
+
+
 def _split_address(rest: str) -> tuple[str, str]:
     """Split "<a@b> RET=HDRS" into ("<a@b>", " RET=HDRS"); quoted local parts may hold ">" or spaces."""
     stripped = rest.lstrip()
@@ -326,6 +336,9 @@ def _orcpt(value: str) -> str:
     address_type, semicolon, address = value.partition(";")
     if not semicolon or not address_type or not address:
         raise _BadParameter("ORCPT")
+    if address_type.lower() == "utf-8":
+        # RFC 6533, a non-ASCII address: "\x{E9}" escapes (utf-8-addr-xtext), or raw UTF-8 under SMTPUTF8.
+        return _EMBEDDED_UNICODE.sub(_unicode_char, address)
     return xtext_decode(address)
 
 

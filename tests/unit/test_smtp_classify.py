@@ -1,9 +1,12 @@
-"""SMTP outcome taxonomy: aiosmtplib and socket errors onto temporary/permanent, and retry hints.
+"""SMTP outcome taxonomy: any exception from sending onto temporary/permanent, and retry hints.
 
 The exceptions are built directly, as aiosmtplib raises them; no server is involved.
 """
 
 from __future__ import annotations
+
+import asyncio
+import ssl
 
 import aiosmtplib
 import pytest
@@ -95,13 +98,44 @@ def test_connection_errors_have_no_retry_hint() -> None:
     assert classify(aiosmtplib.SMTPServerDisconnected("retry in 30 seconds")).retry_after_s is None
 
 
-def test_unrelated_exceptions_are_raised_again() -> None:
-    bug = ValueError("a programming error, not an SMTP outcome")
+def test_an_encoding_error_is_permanent_for_that_recipient() -> None:
+    # What aiosmtplib raised at RCPT for a Unicode domain before addresses were put in wire form.
+    error = UnicodeEncodeError("ascii", "<jose@exämple.com>", 8, 9, "ordinal not in range(128)")
 
-    with pytest.raises(ValueError) as info:
-        classify(bug)
+    result = classify(error)
 
-    assert info.value is bug
+    assert isinstance(result, PermanentDeliveryError)
+    assert result.code is None
+    assert str(result).startswith("not sent: UnicodeEncodeError:")
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("unexpected state"), ValueError("a bug"), KeyError("x"), TypeError("y")])
+def test_an_exception_we_cannot_place_is_temporary_never_a_bounce(exc: Exception) -> None:
+    result = classify(exc)
+
+    assert type(result) is TemporaryDeliveryError
+    assert str(result).startswith(f"{type(exc).__name__}:")
+
+
+def test_a_certificate_failure_is_the_relays_problem() -> None:
+    result = classify(ssl.SSLCertVerificationError(1, "certificate verify failed"))
+
+    assert type(result) is TemporaryDeliveryError
+
+
+def test_a_delivery_error_passes_through_unchanged() -> None:
+    refusal = PermanentDeliveryError("not sent: the relay does not offer SMTPUTF8")
+
+    assert classify(refusal) is refusal
+
+
+def test_cancellation_is_raised_again() -> None:
+    cancelled = asyncio.CancelledError()
+
+    with pytest.raises(asyncio.CancelledError) as info:
+        classify(cancelled)
+
+    assert info.value is cancelled
 
 
 @pytest.mark.parametrize(
