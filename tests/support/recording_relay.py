@@ -7,7 +7,6 @@ in the middle of DATA.
 
 from __future__ import annotations
 
-import socket
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -16,6 +15,8 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from tests.support.waiting import free_port
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,6 @@ class RecordingHandler:
         """What was accepted so far."""
         with self.lock:
             return list(self.received)
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on (the kernel picks it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RecordingRelay:
