@@ -27,6 +27,11 @@ Exactly once, under retries and concurrency:
 
 Items expire after 14 days (SQS's longest retention, as the DLQs had); the
 recipient stays ``failed`` and ``POST /campaigns/{id}/retry`` still resends it.
+A letter's ``/retry`` leaves it listed until a redrive drops it or it expires.
+
+Limits: one tenant is one partition key, so about 1,000 parkings per second per
+tenant (a dead-lettered 500-recipient chunk is 500 puts); the exact ``count``
+reads the whole partition, one Query page per MB of letters.
 """
 
 from __future__ import annotations
