@@ -169,15 +169,15 @@ def aggregate_events(event: Any) -> None:
 
 
 @app.on_sqs_message(queue_arn=SEND_DLQ, batch_size=10)
-def record_dead_letters(event: Any) -> None:
+def record_dead_letters(event: Any) -> dict:
     """Jobs that exhausted their receives: mark the recipient failed, park the job for operators."""
-    dead_letters.record_dead_letters(event.to_dict()["Records"], wiring.settings())
+    return dead_letters.record_dead_letters(event.to_dict()["Records"], wiring.settings())
 
 
 @app.on_sqs_message(queue_arn=RELEASE_DLQ, batch_size=10)
-def record_release_dead_letters(event: Any) -> None:
+def record_release_dead_letters(event: Any) -> dict:
     """Chunks the release stage gave up on: their pending recipients fail visibly and can be redriven."""
-    dead_letters.record_release_dead_letters(event.to_dict()["Records"], wiring.settings())
+    return dead_letters.record_release_dead_letters(event.to_dict()["Records"], wiring.settings())
 
 
 @app.on_sqs_message(queue_arn=STREAM_FAILURES_QUEUE, batch_size=10)

@@ -132,15 +132,33 @@ def retry_failed(request: Any, campaign_id: str, settings: Settings) -> Response
 
 
 def peek_dead_letters(request: Any, settings: Settings) -> Response:
-    """GET /dlq (admin)."""
+    """GET /dlq (admin): a page of the tenant's parked jobs (``?campaign_id=`` for one campaign)."""
     return respond(
-        request, ADMIN, lambda p: (200, dead_letters.peek(p.tenant, settings, parse_limit(query(request, "limit"))))
+        request,
+        ADMIN,
+        lambda p: (
+            200,
+            dead_letters.list_dead_letters(
+                p.tenant,
+                settings,
+                parse_limit(query(request, "limit")),
+                query(request, "next"),
+                dead_letters.parse_campaign_filter(query(request, "campaign_id")),
+            ),
+        ),
     )
 
 
 def redrive_dead_letters(request: Any, settings: Settings) -> Response:
-    """POST /dlq/redrive (admin)."""
-    return respond(request, ADMIN, lambda p: (202, dead_letters.redrive(p.tenant, settings)))
+    """POST /dlq/redrive (admin): the tenant's parked jobs (``?campaign_id=`` for one campaign) go back out."""
+    return respond(
+        request,
+        ADMIN,
+        lambda p: (
+            202,
+            dead_letters.redrive(p.tenant, settings, dead_letters.parse_campaign_filter(query(request, "campaign_id"))),
+        ),
+    )
 
 
 def list_stream_failures(request: Any, settings: Settings) -> Response:

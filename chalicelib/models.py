@@ -184,7 +184,33 @@ class Suppression(Model):
     campaign_id = UnicodeAttribute(null=True)
 
 
-ALL_MODELS: tuple[type[Model], ...] = (Campaign, Recipient, Stats, Event, Connection, Suppression)
+class DeadLetter(Model):
+    """A job that ran out of retries, parked for its tenant's operators (``GET /dlq``, ``POST /dlq/redrive``).
+
+    One partition per tenant, so a tenant's dead letters are one exact Query
+    whatever other tenants park; ``job`` is ``<campaign_id>#<email>``, so a
+    re-delivered dead letter lands on the same item and one campaign's letters
+    are a key prefix.
+    """
+
+    class Meta:
+        table_name = "dead-letters"
+
+    tenant = UnicodeAttribute(hash_key=True)
+    job = UnicodeAttribute(range_key=True)
+    campaign_id = UnicodeAttribute()
+    email = UnicodeAttribute()
+    source = UnicodeAttribute()  # "send" (the send DLQ) or "release" (the release DLQ)
+    reason = UnicodeAttribute()
+    last_reply = UnicodeAttribute(null=True)  # the relay's last answer, when the job had one
+    attempts = NumberAttribute(default=0)
+    parked_at = UnicodeAttribute()
+    # Which parking wrote the item: a redrive deletes only the item it read (its claim).
+    parked_id = UnicodeAttribute()
+    expires_at = NumberAttribute(null=True)  # TTL (epoch seconds)
+
+
+ALL_MODELS: tuple[type[Model], ...] = (Campaign, Recipient, Stats, Event, Connection, Suppression, DeadLetter)
 _LOGICAL_NAMES = {
     Campaign: "campaigns",
     Recipient: "recipients",
@@ -192,6 +218,7 @@ _LOGICAL_NAMES = {
     Event: "events",
     Connection: "connections",
     Suppression: "suppressions",
+    DeadLetter: "dead-letters",
 }
 
 

@@ -55,7 +55,6 @@ class Settings:
     send_queue_url: str = ""
     release_queue_url: str = ""
     dead_letter_queue_url: str = ""
-    failed_jobs_queue_url: str = ""
     alerts_topic_arn: str = ""
     # Event source ARNs, read by app.py at import: `chalice deploy` names them in its
     # triggers. Empty gives placeholders, which the merged template overrides.

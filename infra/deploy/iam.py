@@ -100,8 +100,9 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"),
         _on("table:SuppressionsTable", "dynamodb:BatchGetItem"),  # create: who is suppressed
         _on("queue:ReleaseQueue", "sqs:SendMessage"),  # create, retry, resume, redrive: chunk jobs
-        # GET /dlq peeks (receive, then give back); POST /dlq/redrive deletes what it moved.
-        _on("queue:FailedJobsQueue", "sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage"),
+        # GET /dlq: the tenant's partition (page and count); POST /dlq/redrive: each item claimed by a
+        # conditional delete, put back only if re-releasing it failed.
+        _on("table:DeadLettersTable", "dynamodb:Query", "dynamodb:DeleteItem", "dynamodb:PutItem"),
         _on("queue:SendDeadLetterQueue", "sqs:GetQueueAttributes"),  # GET /dlq: jobs awaiting recording
     ),
     "websocket_connect": (
@@ -159,14 +160,14 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _sqs_trigger("SendDeadLetterQueue"),
         _on("table:RecipientsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # mark failed
         _on("table:CampaignsTable", "dynamodb:GetItem"),  # the tenant
-        _on("queue:FailedJobsQueue", "sqs:SendMessage"),  # park the job for operators
+        _on("table:DeadLettersTable", "dynamodb:PutItem"),  # park the job (a conditional put)
     ),
     "record_release_dead_letters": (
         LOGS,
         _sqs_trigger("ReleaseDeadLetterQueue"),
         _on("table:RecipientsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # pending ones marked failed
         _on("table:CampaignsTable", "dynamodb:GetItem"),  # the tenant
-        _on("queue:FailedJobsQueue", "sqs:SendMessage"),  # park each recipient's job for operators
+        _on("table:DeadLettersTable", "dynamodb:PutItem"),  # park each recipient's job (conditional puts)
     ),
     "read_delivery_reports": (
         LOGS,

@@ -410,7 +410,6 @@ class LocalRuntime:
                 "RELEASE_QUEUE_URL": physical["ReleaseQueue"]["Ref"],
                 "SEND_QUEUE_URL": physical["SendQueue"]["Ref"],
                 "DEAD_LETTER_QUEUE_URL": physical["SendDeadLetterQueue"]["Ref"],
-                "FAILED_JOBS_QUEUE_URL": physical["FailedJobsQueue"]["Ref"],
                 "ALERTS_TOPIC_ARN": physical["AlertsTopic"]["Ref"],
                 "RELEASE_CONCURRENCY": str(self.config.release_concurrency),
                 "MAX_RECEIVE_COUNT": str(self.config.max_receive_count),

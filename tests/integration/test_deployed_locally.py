@@ -255,13 +255,17 @@ def test_what_the_emulators_cloudformation_dropped_was_set_after_the_stack(deplo
     tables = [t for t in ddb.list_tables()["TableNames"] if t.startswith(PREFIX)]
     (topic,) = [t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f"{PREFIX}-alerts")]
 
-    assert len(tables) == 6
+    from infra.deploy.stack import ResourcesTemplate
+
+    declared = [r for r in ResourcesTemplate.load().body["Resources"].values() if r["Type"] == "AWS::DynamoDB::Table"]
+    assert len(tables) == len(declared)
     for table in tables:
         backups = ddb.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]
         assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED", table
         assert ddb.describe_table(TableName=table)["Table"]["DeletionProtectionEnabled"] is True, table
-    ttl = ddb.describe_time_to_live(TableName=f"{PREFIX}-connections")["TimeToLiveDescription"]
-    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
+    for short in ("connections", "dead-letters"):
+        ttl = ddb.describe_time_to_live(TableName=f"{PREFIX}-{short}")["TimeToLiveDescription"]
+        assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}, short
     assert sns.get_topic_attributes(TopicArn=topic)["Attributes"]["KmsMasterKeyId"] == "alias/aws/sns"
 
 

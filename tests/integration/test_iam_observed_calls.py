@@ -71,6 +71,9 @@ NOT_ALWAYS_REACHED: dict[tuple[str, str, str], str] = {
         "a job whose recipient is not claimable (claimed by a duplicate, or deferred and not yet due) "
         "reads its state; only timing decides whether a job arrives that early"
     ),
+    ("api_handler", "dynamodb:PutItem", "table:DeadLettersTable"): (
+        "a redrive puts a dead letter back only when sending its job back to the release queue failed"
+    ),
 }
 
 _running: contextvars.ContextVar[str | None] = contextvars.ContextVar("iam_running_function", default=None)

@@ -30,21 +30,25 @@ pytestmark = pytest.mark.unit
 
 REGION, ACCOUNT, STAGE = "eu-west-1", "111122223333", "dev"
 API_ID = "a1b2c3d4e5"
-TABLES = ("Campaigns", "Recipients", "Events", "Stats", "Connections", "Suppressions")
+TABLES = ("Campaigns", "Recipients", "Events", "Stats", "Connections", "Suppressions", "DeadLetters")
 QUEUES = {
     "ReleaseQueue": "release",
     "ReleaseDeadLetterQueue": "release-dlq",
     "SendQueue": "send",
     "SendDeadLetterQueue": "send-dlq",
-    "FailedJobsQueue": "failed-jobs",
     STREAM_FAILURES_QUEUE: "stream-failures",
 }
+
+
+def _kebab(name: str) -> str:
+    """``DeadLetters`` → ``dead-letters``, as the template names the table."""
+    return "".join(f"-{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
 
 def stack_arns(stage: str) -> tuple[dict[str, str], dict[str, str]]:
     """ARNs of one stage's resources stack, named as infra/resources.yaml names them."""
     prefix = f"mailpipe-{stage}"
-    arns = {f"{t}Table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{prefix}-{t.lower()}" for t in TABLES} | {
+    arns = {f"{t}Table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{prefix}-{_kebab(t)}" for t in TABLES} | {
         logical: f"arn:aws:sqs:{REGION}:{ACCOUNT}:{prefix}-{name}" for logical, name in QUEUES.items()
     }
     arns["AlertsTopic"] = f"arn:aws:sns:{REGION}:{ACCOUNT}:{prefix}-alerts"

@@ -34,6 +34,7 @@ def test_table_names_substitute_the_stack_name(template: Template) -> None:
         "StatsTable": f"{STACK}-stats",
         "ConnectionsTable": f"{STACK}-connections",
         "SuppressionsTable": f"{STACK}-suppressions",
+        "DeadLettersTable": f"{STACK}-dead-letters",
     }
 
 
@@ -42,7 +43,7 @@ def test_table_names_match_what_settings_derive_from_the_stack_prefix(template: 
     settings = Settings(table_prefix=template.resolve({"Ref": "AWS::StackName"}))
     names = {template.resolve(p["TableName"]) for p in template.of_type("AWS::DynamoDB::Table").values()}
 
-    for short in ("campaigns", "recipients", "events", "stats", "connections", "suppressions"):
+    for short in ("campaigns", "recipients", "events", "stats", "connections", "suppressions", "dead-letters"):
         assert settings.table_name(short) in names
 
 
@@ -55,7 +56,6 @@ def test_queue_and_topic_names_substitute_the_stack_name(template: Template) -> 
         "ReleaseQueue": f"{STACK}-release",
         "SendDeadLetterQueue": f"{STACK}-send-dlq",
         "SendQueue": f"{STACK}-send",
-        "FailedJobsQueue": f"{STACK}-failed-jobs",
         "StreamFailuresQueue": f"{STACK}-stream-failures",
     }
     assert topics == {"AlertsTopic": f"{STACK}-alerts"}
