@@ -321,16 +321,22 @@ class CampaignLookup:
         return self._tenants[campaign_id]
 
 
+def _tenant_pacers(client: Any, table: str, rate_per_s: float) -> Callable[[str], TokenSource]:
+    def for_tenant(tenant: str) -> TokenSource:
+        return Pacer(client, table, rate_per_s, key=tenant_pacer_key(tenant))
+
+    return for_tenant
+
+
 def build_releaser(settings: Settings) -> Releaser:
     """The releaser wired to the configured queues and table."""
     sqs = aws_client("sqs", settings)
     dynamodb = aws_client("dynamodb", settings)
     stats_table = settings.table_name("stats")
     pacer = Pacer(dynamodb, stats_table, settings.send_rate_per_s)
-    tenant_rate = settings.tenant_send_rate_per_s
-    tenant_pacer: Callable[[str], TokenSource] | None = None
-    if tenant_rate > 0:
-        tenant_pacer = lambda tenant: Pacer(dynamodb, stats_table, tenant_rate, key=tenant_pacer_key(tenant))  # noqa: E731
+    tenant_pacer = None
+    if settings.tenant_send_rate_per_s > 0:
+        tenant_pacer = _tenant_pacers(dynamodb, stats_table, settings.tenant_send_rate_per_s)
     lookup = CampaignLookup()
     return Releaser(
         Queue(sqs, settings.send_queue_url),
