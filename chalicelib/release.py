@@ -185,6 +185,7 @@ class Releaser:
         slice_size: int = 0,
         tenant_of: Callable[[str], str] = lambda campaign_id: "",
         tenant_pacer: Callable[[str], TokenSource] | None = None,
+        others_waiting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.is_paused = is_paused
         # Up to ``workers`` releasers run at once (the mapping's MaximumConcurrency) and
@@ -203,36 +204,39 @@ class Releaser:
         self.tenant_of = tenant_of
         self.tenant_pacer = tenant_pacer
         self._tenant_pacers: dict[str, TokenSource] = {}
+        # Whether other chunks wait on the release queue; without a way to tell, every slice yields.
+        self.others_waiting = others_waiting
 
     def release_chunk(self, job: ChunkJob) -> int:
-        """Release one slice of the chunk as the limits allow; queue the rest behind the others.
+        """Release the chunk, in turns, as the limits allow; queue the rest behind the others.
 
-        Returns how many send jobs were queued. The remainder goes back on the
-        release queue as a new chunk, at its end, so other chunks take their turn,
-        a paced campaign never holds a worker longer than ``max_seconds``, and
-        nothing is dropped.
+        Returns how many send jobs were queued. After each slice the releaser
+        looks whether other chunks are waiting; if so, or when the time budget
+        ends, the remainder goes back on the release queue as a new chunk, at its
+        end. So other chunks take their turn, a paced campaign never holds a
+        worker longer than ``max_seconds``, and nothing is dropped.
         """
         if self.is_paused(job.campaign_id):
             return 0  # its recipients stay open; resume releases them again
         tenant = self.tenant_of(job.campaign_id)
-        size = self.slice_size if self.slice_size > 0 else len(job.emails)
-        released, left, delay_s = self._release_slice(job.campaign_id, tenant, list(job.emails[:size]))
-        remainder = tuple(left) + tuple(job.emails[size:])
+        released, remainder, delay_s = self._release(job.campaign_id, tenant, list(job.emails))
         if remainder:
-            body = ChunkJob(job.campaign_id, remainder).to_body()
+            body = ChunkJob(job.campaign_id, tuple(remainder)).to_body()
             if delay_s:
                 self.release_queue.send_jobs([body], delay_s=delay_s)
             else:
                 self.release_queue.send_jobs([body])
         return released
 
-    def _release_slice(self, campaign_id: str, tenant: str, remaining: list[str]) -> tuple[int, list[str], int]:
-        """Push ``remaining`` within the limits until done or out of time.
+    def _release(self, campaign_id: str, tenant: str, remaining: list[str]) -> tuple[int, list[str], int]:
+        """Push ``remaining`` within the limits until done, out of time, or another chunk's turn.
 
         Returns (released, not released, seconds the rest must wait for its tenant's tokens).
         """
         released = 0
         deadline = self.clock() + self.max_seconds
+        turn = self.slice_size if self.slice_size > 0 else len(remaining)
+        since_turn = 0
         # Each depth reading is an SQS call (and O(depth) on moto), so push in
         # large steps and, between steps, sleep about as long as the consumers
         # need to drain one step, judged from how fast the depth fell so far.
@@ -242,6 +246,10 @@ class Releaser:
         last: tuple[int, float] | None = None
         pushed_since = 0
         while remaining:
+            if since_turn >= turn:
+                if self.others_waiting():
+                    break
+                since_turn = 0  # nobody else is waiting: another slice, without a round trip
             depth, now = self.send_queue.depth(), self.clock()
             if last is not None and now > last[1]:
                 drained = last[0] + pushed_since - depth
@@ -250,9 +258,9 @@ class Releaser:
                     drain_rate = rate if drain_rate is None else (drain_rate + rate) / 2
             last, pushed_since = (depth, now), 0
             room = min(share, self.max_depth - depth)
-            wanted = min(len(remaining), room)
+            wanted = min(len(remaining), room, turn - since_turn)
             wait = 0.0
-            if wanted >= min(len(remaining), step):
+            if wanted >= min(len(remaining), step, turn - since_turn):
                 granted, wait, tenant_limited = self._acquire(tenant, wanted)
                 if tenant_limited:
                     # Waiting here would hold the worker from every other tenant:
@@ -262,13 +270,14 @@ class Releaser:
                     batch, remaining = remaining[:granted], remaining[granted:]
                     self.send_queue.send_jobs([send_job_body(campaign_id, e) for e in batch])
                     released += granted
+                    since_turn += granted
                     pushed_since = granted
-                    if not remaining:
-                        break
+                    if not remaining or since_turn >= turn:
+                        continue
                     room -= granted
             if not wait:
                 # A little over the estimate, so that one look usually finds the room.
-                needed = min(len(remaining), step) - max(0, room)
+                needed = min(len(remaining), step, turn - since_turn) - max(0, room)
                 wait = 1.2 * needed / drain_rate if drain_rate else 0.25
             wait = min(5.0, max(0.05, wait))
             if self.clock() + wait >= deadline:
@@ -338,9 +347,10 @@ def build_releaser(settings: Settings) -> Releaser:
     if settings.tenant_send_rate_per_s > 0:
         tenant_pacer = _tenant_pacers(dynamodb, stats_table, settings.tenant_send_rate_per_s)
     lookup = CampaignLookup()
+    release_queue_url = settings.release_queue_url
     return Releaser(
         Queue(sqs, settings.send_queue_url),
-        Queue(sqs, settings.release_queue_url),
+        Queue(sqs, release_queue_url),
         pacer,
         settings.send_queue_max_depth,
         settings.release_max_seconds,
@@ -349,4 +359,15 @@ def build_releaser(settings: Settings) -> Releaser:
         slice_size=settings.release_slice_size,
         tenant_of=lookup.tenant_of,
         tenant_pacer=tenant_pacer,
+        others_waiting=lambda: visible_messages(sqs, release_queue_url) > 0,
     )
+
+
+def visible_messages(sqs: Any, queue_url: str) -> int:
+    """Messages ready to be received (not in flight, not delayed): the chunks waiting for a turn.
+
+    SQS's count is approximate; when it lags, a newcomer waits for the time
+    budget (``release_max_seconds``) at worst, as before turns were taken.
+    """
+    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    return int(attrs["Attributes"].get("ApproximateNumberOfMessages", 0))

@@ -68,6 +68,7 @@ class Sim:
     send: list[dict[str, str]] = field(default_factory=list)
     sent_at: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     requeue_delays: list[int] = field(default_factory=list)
+    requeued: int = 0
     _seq: int = 0
     _budget: float = 0.0
 
@@ -86,6 +87,9 @@ class Sim:
     def enqueue(self, body: dict[str, Any], delay_s: int = 0) -> None:
         self._seq += 1
         self.release.append((self.now + delay_s, self._seq, body))
+
+    def waiting(self) -> bool:
+        return any(m[0] <= self.now for m in self.release)
 
     def next_chunk(self) -> ChunkJob | None:
         visible = [m for m in self.release if m[0] <= self.now]
@@ -112,13 +116,16 @@ class ReleaseQueue:
         self.sim = sim
 
     def send_jobs(self, bodies: list[dict[str, Any]], delay_s: int = 0) -> None:
+        self.sim.requeued += len(bodies)
         if delay_s:
             self.sim.requeue_delays.append(delay_s)
         for body in bodies:
             self.sim.enqueue(body, delay_s)
 
 
-def _releaser(sim: Sim, tenants: dict[str, str], rate: float, slice_size: int, tenant_rate: float = 0) -> Releaser:
+def _releaser(
+    sim: Sim, tenants: dict[str, str], rate: float, slice_size: int, tenant_rate: float = 0, peek: bool = True
+) -> Releaser:
     dynamo = FakeDynamo()
     tenant_pacer = None
     if tenant_rate:
@@ -137,6 +144,8 @@ def _releaser(sim: Sim, tenants: dict[str, str], rate: float, slice_size: int, t
         slice_size=slice_size,
         tenant_of=tenants.__getitem__,
         tenant_pacer=tenant_pacer,
+        # peek: the releaser sees whether other chunks wait (ApproximateNumberOfMessages); else it always yields.
+        others_waiting=sim.waiting if peek else lambda: True,
     )
 
 
@@ -223,6 +232,18 @@ def test_a_large_campaign_alone_still_sends_at_the_full_rate() -> None:
     assert _last_sent(sim, "big") <= 100 * 1.05
 
 
+def test_a_campaign_alone_keeps_its_chunk_instead_of_queueing_it_again() -> None:
+    settings = _settings(send_rate_per_s=100.0)
+    alone, always_yielding = Sim(capacity=400), Sim(capacity=400)
+    for sim, peek in ((alone, True), (always_yielding, False)):
+        _enqueue(sim, "a", 500, settings)
+        _run(sim, _releaser(sim, {"a": "A"}, 100.0, slice_size=50, peek=peek), until=60)
+        assert len(sim.sent_at) == 500
+
+    assert alone.requeued == 0  # no SQS round trip per slice when nobody waits
+    assert always_yielding.requeued == 9
+
+
 def test_a_tenant_rate_caps_one_tenant_without_holding_back_another() -> None:
     settings = _settings(send_rate_per_s=200.0, tenant_send_rate_per_s=10.0)
     sim = Sim(capacity=400)
@@ -268,7 +289,7 @@ class FailingOnceReleaseQueue(ReleaseQueue):
 
 def test_a_remainder_that_cannot_be_queued_fails_the_invocation_so_nothing_is_lost() -> None:
     sim = Sim(capacity=1000)
-    releaser = _releaser(sim, {"c": "A"}, 1000.0, slice_size=50)
+    releaser = _releaser(sim, {"c": "A"}, 1000.0, slice_size=50, peek=False)
     releaser.release_queue = FailingOnceReleaseQueue(sim)  # type: ignore[assignment]
     job = ChunkJob("c", tuple(f"c{i}@example.org" for i in range(120)))
 
