@@ -46,6 +46,11 @@ from chalicelib.settings import Settings
 PACER_KEY = {"campaign_id": {"S": "_pacer"}, "bucket": {"S": "send"}}
 # SQS's longest DelaySeconds.
 MAX_DELAY_S = 900
+# A turn lasts at least this long: each hand-over costs four SQS calls (a look at the
+# release queue, the remainder's send, its receive and delete), which would add up
+# when fast senders finish a slice in a fraction of a second. A newcomer waits about
+# one turn per chunk ahead of it.
+MIN_TURN_S = 1.0
 
 
 def tenant_pacer_key(tenant: str) -> dict[str, dict[str, str]]:
@@ -236,7 +241,7 @@ class Releaser:
         released = 0
         deadline = self.clock() + self.max_seconds
         turn = self.slice_size if self.slice_size > 0 else len(remaining)
-        since_turn = 0
+        since_turn, turn_began = 0, self.clock()
         # Each depth reading is an SQS call (and O(depth) on moto), so push in
         # large steps and, between steps, sleep about as long as the consumers
         # need to drain one step, judged from how fast the depth fell so far.
@@ -246,10 +251,10 @@ class Releaser:
         last: tuple[int, float] | None = None
         pushed_since = 0
         while remaining:
-            if since_turn >= turn:
+            if since_turn >= turn and self.clock() - turn_began >= MIN_TURN_S:
                 if self.others_waiting():
                     break
-                since_turn = 0  # nobody else is waiting: another slice, without a round trip
+                since_turn, turn_began = 0, self.clock()  # nobody else waits: go on, no round trip
             depth, now = self.send_queue.depth(), self.clock()
             if last is not None and now > last[1]:
                 drained = last[0] + pushed_since - depth
@@ -258,9 +263,12 @@ class Releaser:
                     drain_rate = rate if drain_rate is None else (drain_rate + rate) / 2
             last, pushed_since = (depth, now), 0
             room = min(share, self.max_depth - depth)
-            wanted = min(len(remaining), room, turn - since_turn)
+            # A turn's pushes stop at the slice, so that a waiting chunk is not
+            # queued behind a whole step; past the slice, within MIN_TURN_S, slice by slice.
+            this_turn = turn - since_turn if since_turn < turn else turn
+            wanted = min(len(remaining), room, this_turn)
             wait = 0.0
-            if wanted >= min(len(remaining), step, turn - since_turn):
+            if wanted >= min(len(remaining), step, this_turn):
                 granted, wait, tenant_limited = self._acquire(tenant, wanted)
                 if tenant_limited:
                     # Waiting here would hold the worker from every other tenant:
@@ -272,12 +280,12 @@ class Releaser:
                     released += granted
                     since_turn += granted
                     pushed_since = granted
-                    if not remaining or since_turn >= turn:
-                        continue
+                    if not remaining:
+                        break
                     room -= granted
             if not wait:
                 # A little over the estimate, so that one look usually finds the room.
-                needed = min(len(remaining), step, turn - since_turn) - max(0, room)
+                needed = min(len(remaining), step, this_turn) - max(0, room)
                 wait = 1.2 * needed / drain_rate if drain_rate else 0.25
             wait = min(5.0, max(0.05, wait))
             if self.clock() + wait >= deadline:

@@ -208,7 +208,7 @@ def test_whole_chunks_in_turn_keep_the_newcomer_behind_the_large_campaign() -> N
 def test_slices_let_a_newcomer_through_between_the_chunks_of_a_large_campaign() -> None:
     # Every chunk of the large campaign visible at once: turns go round chunks, a slice each.
     sim, delay = _small_behind_big(slice_size=50, stagger=False)
-    # Four chunks ahead, one slice of 50 each at 50/s: about 4 s, not 40.
+    # Four chunks ahead, one turn each (a slice of 50, at least MIN_TURN_S) at 50/s: about 4 s, not 40.
     assert delay <= 5.0
     assert _sent_by(sim, "big", _first_sent(sim, "small")) < 500  # the large one is still sending
 
@@ -241,7 +241,7 @@ def test_a_campaign_alone_keeps_its_chunk_instead_of_queueing_it_again() -> None
         assert len(sim.sent_at) == 500
 
     assert alone.requeued == 0  # no SQS round trip per slice when nobody waits
-    assert always_yielding.requeued == 9
+    assert always_yielding.requeued >= 3  # one per turn of at least MIN_TURN_S
 
 
 def test_a_tenant_rate_caps_one_tenant_without_holding_back_another() -> None:
@@ -289,19 +289,21 @@ class FailingOnceReleaseQueue(ReleaseQueue):
 
 def test_a_remainder_that_cannot_be_queued_fails_the_invocation_so_nothing_is_lost() -> None:
     sim = Sim(capacity=1000)
-    releaser = _releaser(sim, {"c": "A"}, 1000.0, slice_size=50, peek=False)
+    releaser = _releaser(sim, {"c": "A"}, 50.0, slice_size=50, peek=False)
     releaser.release_queue = FailingOnceReleaseQueue(sim)  # type: ignore[assignment]
     job = ChunkJob("c", tuple(f"c{i}@example.org" for i in range(120)))
 
     with pytest.raises(ConnectionError):
         releaser.release_chunk(job)
+    first_turn = len(sim.send) + sum(len(t) for t in sim.sent_at.values())
+    assert 0 < first_turn < 120
     # The invocation failed, so SQS keeps the message and delivers it again.
     sim.enqueue(job.to_body())
     _run(sim, releaser, until=60)
 
     assert {e for _, e in sim.sent_at} == set(job.emails)
-    # Only the first slice went out twice; the sender's claim stops a second mail.
-    assert sum(len(t) for t in sim.sent_at.values()) == 120 + 50
+    # Only the first turn went out twice; the sender's claim stops a second mail.
+    assert sum(len(t) for t in sim.sent_at.values()) == 120 + first_turn
 
 
 def test_the_schedule_delays_each_chunk_by_what_the_rate_needs_for_those_before_it() -> None:
