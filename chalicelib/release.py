@@ -11,9 +11,11 @@ Fairness across tenants. One tenant's 2,000 recipients must not hold back
 another tenant's single mail, and the release queue is a plain SQS queue, so
 the release stage takes turns in two ways:
 
-- *Slices.* One invocation releases at most ``release_slice_size`` recipients of
-  its chunk, then puts the rest back at the end of the release queue, so every
-  chunk waiting behind it gets a turn before this one comes round again.
+- *Turns.* After each turn (``release_slice_size`` recipients, and at least
+  ``MIN_TURN_S``) the releaser looks whether other chunks wait on the release
+  queue. If so, it puts the rest of its chunk back at the end of the queue, so
+  every chunk waiting gets a turn before this one comes round again; if not, it
+  goes on without the round trip.
 - *Staggered chunks.* A campaign's chunks become visible on the release queue
   no sooner than the rate could release the chunks before them (chunk *i* is
   delayed by ``i * release_chunk_size / rate`` seconds, up to SQS's 15 minutes).
