@@ -6,6 +6,29 @@ but only as fast as two limits allow: the send queue's depth stays under
 ``send_queue_max_depth`` (so retries and other campaigns are never buried, and
 moto — whose SQS calls cost O(depth) — stays fast), and all release workers
 together honour ``send_rate_per_s`` through a token bucket in DynamoDB.
+
+Fairness across tenants. One tenant's 2,000 recipients must not hold back
+another tenant's single mail, and the release queue is a plain SQS queue, so
+the release stage takes turns in two ways:
+
+- *Turns.* After each turn (``release_slice_size`` recipients, and at least
+  ``MIN_TURN_S``) the releaser looks whether other chunks wait on the release
+  queue. If so, it puts the rest of its chunk back at the end of the queue, so
+  every chunk waiting gets a turn before this one comes round again; if not, it
+  goes on without the round trip.
+- *Staggered chunks.* A campaign's chunks become visible on the release queue
+  no sooner than the rate could release the chunks before them (chunk *i* is
+  delayed by ``i * release_chunk_size / rate`` seconds, up to SQS's 15 minutes).
+  While that holds, a campaign has about one chunk in the queue, so the turns go
+  round campaigns rather than round chunks, and a large campaign alone still
+  finds its next chunk ready when the previous one is done.
+
+A newcomer therefore waits about (chunks ahead × slice + send-queue depth) / rate.
+An optional per-tenant token bucket (``tenant_send_rate_per_s``) caps one tenant;
+a chunk whose tenant has no tokens left goes back on the queue with a delay
+instead of holding the worker. Nothing is dropped: a remainder is queued before
+the invocation returns, i.e. before SQS deletes the message it came from. A crash
+in between releases that slice twice, and the sender's claim stops a second mail.
 """
 
 from __future__ import annotations
@@ -15,7 +38,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from chalicelib.clients import aws_client
 from chalicelib.models import PAUSED, Campaign
@@ -23,6 +46,18 @@ from chalicelib.queues import SQS_BATCH, Queue
 from chalicelib.settings import Settings
 
 PACER_KEY = {"campaign_id": {"S": "_pacer"}, "bucket": {"S": "send"}}
+# SQS's longest DelaySeconds.
+MAX_DELAY_S = 900
+# A turn lasts at least this long: each hand-over costs four SQS calls (a look at the
+# release queue, the remainder's send, its receive and delete), which would add up
+# when fast senders finish a slice in a fraction of a second. A newcomer waits about
+# one turn per chunk ahead of it.
+MIN_TURN_S = 1.0
+
+
+def tenant_pacer_key(tenant: str) -> dict[str, dict[str, str]]:
+    """The stats-table key of one tenant's token bucket (beside the global one)."""
+    return {"campaign_id": {"S": "_pacer"}, "bucket": {"S": f"tenant#{tenant}"}}
 
 
 @dataclass(frozen=True)
@@ -48,12 +83,36 @@ def send_job_body(campaign_id: str, email: str) -> dict[str, str]:
     return {"c": campaign_id, "e": email}
 
 
-def enqueue_release(campaign_id: str, emails: list[str], settings: Settings, delay_s: int = 0) -> int:
-    """Put a campaign's recipients on the release queue in chunks; returns the chunk count."""
+def release_schedule(
+    campaign_id: str, emails: list[str], settings: Settings, delay_s: int = 0
+) -> list[tuple[int, dict[str, Any]]]:
+    """A campaign's chunk jobs, each with the delay before it shows on the release queue.
+
+    Chunk *i* cannot start before the recipients ahead of it were released at the
+    rate (the tenant's, when capped), so delaying it that long costs the campaign
+    nothing and keeps its later chunks from queueing ahead of other tenants.
+    """
     size = max(1, settings.release_chunk_size)
-    chunks = [ChunkJob(campaign_id, tuple(emails[i : i + size])).to_body() for i in range(0, len(emails), size)]
-    Queue(aws_client("sqs", settings), settings.release_queue_url).send_jobs(chunks, delay_s=delay_s)
-    return len(chunks)
+    rates = [r for r in (settings.send_rate_per_s, settings.tenant_send_rate_per_s) if r > 0]
+    rate = min(rates) if rates else 0.0
+    schedule = []
+    for start in range(0, len(emails), size):
+        lead = math.floor(start / rate) if rate else 0
+        body = ChunkJob(campaign_id, tuple(emails[start : start + size])).to_body()
+        schedule.append((min(MAX_DELAY_S, delay_s + lead), body))
+    return schedule
+
+
+def enqueue_release(campaign_id: str, emails: list[str], settings: Settings, delay_s: int = 0) -> int:
+    """Put a campaign's recipients on the release queue in staggered chunks; returns the chunk count."""
+    schedule = release_schedule(campaign_id, emails, settings, delay_s)
+    queue = Queue(aws_client("sqs", settings), settings.release_queue_url)
+    by_delay: dict[int, list[dict[str, Any]]] = {}
+    for delay, body in schedule:
+        by_delay.setdefault(delay, []).append(body)
+    for delay, bodies in by_delay.items():
+        queue.send_jobs(bodies, delay_s=delay)
+    return len(schedule)
 
 
 class Pacer:
@@ -63,9 +122,17 @@ class Pacer:
     tokens at a time; the bucket holds at most one second of sending.
     """
 
-    def __init__(self, client: Any, table: str, rate_per_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table: str,
+        rate_per_s: float,
+        clock: Callable[[], float] = time.time,
+        key: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self.client = client
         self.table = table
+        self.key = key or PACER_KEY
         self.rate = rate_per_s
         self.burst = max(SQS_BATCH, rate_per_s)
         self.clock = clock
@@ -74,7 +141,7 @@ class Pacer:
         """Take up to ``wanted`` tokens; returns (granted, seconds until the next token)."""
         for _ in range(10):
             now = self.clock()
-            item = self.client.get_item(TableName=self.table, Key=PACER_KEY, ConsistentRead=True).get("Item")
+            item = self.client.get_item(TableName=self.table, Key=self.key, ConsistentRead=True).get("Item")
             tokens = float(item["tokens"]["N"]) if item else self.burst
             stamp = float(item["at"]["N"]) if item else now
             available = min(self.burst, tokens + max(0.0, now - stamp) * self.rate)
@@ -90,7 +157,7 @@ class Pacer:
             try:
                 self.client.update_item(
                     TableName=self.table,
-                    Key=PACER_KEY,
+                    Key=self.key,
                     UpdateExpression="SET tokens = :t, #at = :now",
                     ConditionExpression=condition,
                     ExpressionAttributeNames={"#at": "at"},
@@ -102,20 +169,30 @@ class Pacer:
         return 0, 0.05
 
 
+class TokenSource(Protocol):
+    """What the releaser needs of a token bucket (a fake stands in for the DynamoDB one)."""
+
+    def acquire(self, wanted: int) -> tuple[int, float]: ...
+
+
 class Releaser:
-    """Moves a chunk's recipients onto the send queue within the depth and rate limits."""
+    """Moves a slice of a chunk onto the send queue within the depth and rate limits."""
 
     def __init__(
         self,
         send_queue: Queue,
         release_queue: Queue,
-        pacer: Pacer,
+        pacer: TokenSource,
         max_depth: int,
         max_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         is_paused: Callable[[str], bool] = lambda campaign_id: False,
         workers: int = 1,
+        slice_size: int = 0,
+        tenant_of: Callable[[str], str] = lambda campaign_id: "",
+        tenant_pacer: Callable[[str], TokenSource] | None = None,
+        others_waiting: Callable[[], bool] = lambda: True,
     ) -> None:
         self.is_paused = is_paused
         # Up to ``workers`` releasers run at once (the mapping's MaximumConcurrency) and
@@ -129,19 +206,44 @@ class Releaser:
         self.max_seconds = max_seconds
         self.clock = clock
         self.sleep = sleep
+        # 0: a whole chunk per invocation (no turns between chunks).
+        self.slice_size = slice_size
+        self.tenant_of = tenant_of
+        self.tenant_pacer = tenant_pacer
+        self._tenant_pacers: dict[str, TokenSource] = {}
+        # Whether other chunks wait on the release queue; without a way to tell, every slice yields.
+        self.others_waiting = others_waiting
 
     def release_chunk(self, job: ChunkJob) -> int:
-        """Release what the limits allow before the time budget ends; re-queue the rest.
+        """Release the chunk, in turns, as the limits allow; queue the rest behind the others.
 
-        Returns how many send jobs were queued. The remainder goes back on the
-        release queue as a new chunk, so a paced campaign never holds a worker
-        longer than ``max_seconds`` and nothing is dropped.
+        Returns how many send jobs were queued. After each slice the releaser
+        looks whether other chunks are waiting; if so, or when the time budget
+        ends, the remainder goes back on the release queue as a new chunk, at its
+        end. So other chunks take their turn, a paced campaign never holds a
+        worker longer than ``max_seconds``, and nothing is dropped.
         """
         if self.is_paused(job.campaign_id):
             return 0  # its recipients stay open; resume releases them again
-        remaining = list(job.emails)
+        tenant = self.tenant_of(job.campaign_id)
+        released, remainder, delay_s = self._release(job.campaign_id, tenant, list(job.emails))
+        if remainder:
+            body = ChunkJob(job.campaign_id, tuple(remainder)).to_body()
+            if delay_s:
+                self.release_queue.send_jobs([body], delay_s=delay_s)
+            else:
+                self.release_queue.send_jobs([body])
+        return released
+
+    def _release(self, campaign_id: str, tenant: str, remaining: list[str]) -> tuple[int, list[str], int]:
+        """Push ``remaining`` within the limits until done, out of time, or another chunk's turn.
+
+        Returns (released, not released, seconds the rest must wait for its tenant's tokens).
+        """
         released = 0
         deadline = self.clock() + self.max_seconds
+        turn = self.slice_size if self.slice_size > 0 else len(remaining)
+        since_turn, turn_began = 0, self.clock()
         # Each depth reading is an SQS call (and O(depth) on moto), so push in
         # large steps and, between steps, sleep about as long as the consumers
         # need to drain one step, judged from how fast the depth fell so far.
@@ -151,6 +253,10 @@ class Releaser:
         last: tuple[int, float] | None = None
         pushed_since = 0
         while remaining:
+            if since_turn >= turn and self.clock() - turn_began >= MIN_TURN_S:
+                if self.others_waiting():
+                    break
+                since_turn, turn_began = 0, self.clock()  # nobody else waits: go on, no round trip
             depth, now = self.send_queue.depth(), self.clock()
             if last is not None and now > last[1]:
                 drained = last[0] + pushed_since - depth
@@ -159,48 +265,119 @@ class Releaser:
                     drain_rate = rate if drain_rate is None else (drain_rate + rate) / 2
             last, pushed_since = (depth, now), 0
             room = min(share, self.max_depth - depth)
-            wanted = min(len(remaining), room)
+            # A turn's pushes stop at the slice, so that a waiting chunk is not
+            # queued behind a whole step; past the slice, within MIN_TURN_S, slice by slice.
+            this_turn = turn - since_turn if since_turn < turn else turn
+            wanted = min(len(remaining), room, this_turn)
             wait = 0.0
-            if wanted >= min(len(remaining), step):
-                granted, wait = self.pacer.acquire(wanted)
+            if wanted >= min(len(remaining), step, this_turn):
+                granted, wait, tenant_limited = self._acquire(tenant, wanted)
+                if tenant_limited:
+                    # Waiting here would hold the worker from every other tenant:
+                    # the rest comes back once this tenant has tokens again.
+                    return released, remaining, min(MAX_DELAY_S, max(1, math.ceil(wait)))
                 if granted:
                     batch, remaining = remaining[:granted], remaining[granted:]
-                    self.send_queue.send_jobs([send_job_body(job.campaign_id, e) for e in batch])
+                    self.send_queue.send_jobs([send_job_body(campaign_id, e) for e in batch])
                     released += granted
+                    since_turn += granted
                     pushed_since = granted
                     if not remaining:
                         break
                     room -= granted
             if not wait:
                 # A little over the estimate, so that one look usually finds the room.
-                needed = min(len(remaining), step) - max(0, room)
+                needed = min(len(remaining), step, this_turn) - max(0, room)
                 wait = 1.2 * needed / drain_rate if drain_rate else 0.25
             wait = min(5.0, max(0.05, wait))
             if self.clock() + wait >= deadline:
                 break
             self.sleep(wait)
-        if remaining:
-            self.release_queue.send_jobs([ChunkJob(job.campaign_id, tuple(remaining)).to_body()])
-        return released
+        return released, remaining, 0
+
+    def _acquire(self, tenant: str, wanted: int) -> tuple[int, float, bool]:
+        """Tokens from the tenant's bucket (if capped), then the global one: (granted, wait, tenant-limited).
+
+        The tenant's bucket goes first so that a capped tenant never takes global
+        tokens it cannot use. Tenant tokens the global bucket then refuses are
+        lost: the tenant sends a little under its cap while the global rate binds.
+        """
+        if self.tenant_pacer is not None and tenant:
+            pacer = self._tenant_pacers.get(tenant)
+            if pacer is None:
+                pacer = self._tenant_pacers[tenant] = self.tenant_pacer(tenant)
+            wanted, wait = pacer.acquire(wanted)
+            if not wanted:
+                return 0, wait, True
+        granted, wait = self.pacer.acquire(wanted)
+        return granted, wait, False
+
+
+class CampaignLookup:
+    """Reads a campaign's pause state each time, and its tenant once (a campaign never changes owner)."""
+
+    def __init__(self) -> None:
+        self._tenants: dict[str, str] = {}
+
+    def is_paused(self, campaign_id: str) -> bool:
+        """Paused, or gone (nothing to send for a campaign that is gone)."""
+        try:
+            campaign = Campaign.get(campaign_id)
+        except Campaign.DoesNotExist:
+            return True
+        if len(self._tenants) > 10_000:
+            self._tenants.clear()  # a long-lived container must not grow without bound
+        self._tenants[campaign_id] = campaign.tenant
+        return campaign.status == PAUSED
+
+    def tenant_of(self, campaign_id: str) -> str:
+        """The campaign's tenant; empty if it is gone."""
+        if campaign_id not in self._tenants:
+            try:
+                self._tenants[campaign_id] = Campaign.get(campaign_id).tenant
+            except Campaign.DoesNotExist:
+                return ""
+        return self._tenants[campaign_id]
+
+
+def _tenant_pacers(client: Any, table: str, rate_per_s: float) -> Callable[[str], TokenSource]:
+    def for_tenant(tenant: str) -> TokenSource:
+        return Pacer(client, table, rate_per_s, key=tenant_pacer_key(tenant))
+
+    return for_tenant
 
 
 def build_releaser(settings: Settings) -> Releaser:
     """The releaser wired to the configured queues and table."""
     sqs = aws_client("sqs", settings)
-    pacer = Pacer(aws_client("dynamodb", settings), settings.table_name("stats"), settings.send_rate_per_s)
+    dynamodb = aws_client("dynamodb", settings)
+    stats_table = settings.table_name("stats")
+    pacer = Pacer(dynamodb, stats_table, settings.send_rate_per_s)
+    tenant_pacer = None
+    if settings.tenant_send_rate_per_s > 0:
+        tenant_pacer = _tenant_pacers(dynamodb, stats_table, settings.tenant_send_rate_per_s)
+    lookup = CampaignLookup()
+    release_queue_url = settings.release_queue_url
     return Releaser(
         Queue(sqs, settings.send_queue_url),
-        Queue(sqs, settings.release_queue_url),
+        Queue(sqs, release_queue_url),
         pacer,
         settings.send_queue_max_depth,
         settings.release_max_seconds,
-        is_paused=_campaign_paused,
+        is_paused=lookup.is_paused,
         workers=settings.release_concurrency,
+        slice_size=settings.release_slice_size,
+        tenant_of=lookup.tenant_of,
+        tenant_pacer=tenant_pacer,
+        others_waiting=lambda: visible_messages(sqs, release_queue_url) > 0,
     )
 
 
-def _campaign_paused(campaign_id: str) -> bool:
-    try:
-        return Campaign.get(campaign_id).status == PAUSED
-    except Campaign.DoesNotExist:
-        return True  # nothing to send for a campaign that is gone
+def visible_messages(sqs: Any, queue_url: str) -> int:
+    """Messages ready to be received (not in flight, not delayed): the chunks waiting for a turn.
+
+    SQS's count is approximate; when it lags, a newcomer waits for the time
+    budget (``release_max_seconds``) at worst, as before turns were taken.
+    """
+    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    return int(attrs["Attributes"].get("ApproximateNumberOfMessages", 0))

@@ -101,6 +101,12 @@ class Settings:
     # How many release workers may run at once (the release mapping's MaximumConcurrency):
     # each takes at most its share of the send queue's free room, so together they keep the bound.
     release_concurrency: int = 2
+    # Fairness across tenants: a release turn is at least this many recipients; after
+    # each, if other chunks wait, the rest of the chunk goes back to the end of the
+    # release queue so they take their turn (see chalicelib/release.py).
+    release_slice_size: int = 50
+    # Per-tenant cap on release, in mails per second; 0 = none (send_rate_per_s still holds).
+    tenant_send_rate_per_s: float = 0.0
 
     # Retry policy.
     claim_lease_s: int = 120

@@ -30,6 +30,8 @@ DEFAULTED_ON_PURPOSE = {
     "smtp_connections": "connections per warm sender",
     "release_chunk_size": "a tuning default",
     "release_max_seconds": "20 s, inside release_jobs' 30 s timeout",
+    "release_slice_size": "a tuning default: recipients per turn of the release stage",
+    "tenant_send_rate_per_s": "off by default: no per-tenant cap, send_rate_per_s still holds",
     "claim_lease_s": "120 s, longer than send_mail can run (60 s)",
     "max_recipients": "the documented request limit",
     "max_body_bytes": "the documented request limit",
