@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from chalice import Response
@@ -126,9 +127,13 @@ FAILURE_LISTING = ["failed", "bounced", "suppressed"]
 
 def retry_failed(request: Any, campaign_id: str, settings: Settings) -> Response:
     """POST /campaigns/{id}/retry."""
-    return respond(
-        request, WRITE, lambda p: (202, campaigns.retry_failed(campaigns.get_owned(p, campaign_id), settings))
-    )
+
+    def retry(p: Principal) -> tuple[int, dict[str, Any]]:
+        campaign = campaigns.get_owned(p, campaign_id)
+        forget = partial(dead_letters.forget, campaign.tenant, campaign.campaign_id, settings=settings)
+        return 202, campaigns.retry_failed(campaign, settings, on_reopened=forget)
+
+    return respond(request, WRITE, retry)
 
 
 def peek_dead_letters(request: Any, settings: Settings) -> Response:

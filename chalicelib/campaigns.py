@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pynamodb.exceptions import UpdateError
@@ -192,11 +193,14 @@ def list_recipients(
     return {"recipients": items, "next": encode_token(next_key)}
 
 
-def retry_failed(campaign: Campaign, settings: Settings) -> dict[str, Any]:
+def retry_failed(
+    campaign: Campaign, settings: Settings, on_reopened: Callable[[list[str]], None] | None = None
+) -> dict[str, Any]:
     """Re-queue the recipients that ended ``failed`` (never bounced or suppressed ones).
 
     Each is reopened ``failed → pending`` with a conditional write first, so a
-    recipient that was sent meanwhile is never queued again.
+    recipient that was sent meanwhile is never queued again. ``on_reopened`` gets
+    the reopened addresses once they are queued (the API forgets their dead letters).
     """
     store = RecipientStore(settings)
     reopened = [
@@ -207,6 +211,8 @@ def retry_failed(campaign: Campaign, settings: Settings) -> dict[str, Any]:
     if reopened:
         reopen_campaign(campaign.campaign_id)
         enqueue_release(campaign.campaign_id, reopened, settings)
+        if on_reopened is not None:
+            on_reopened(reopened)
     return {"campaign_id": campaign.campaign_id, "requeued": len(reopened)}
 
 

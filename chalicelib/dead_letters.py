@@ -27,7 +27,7 @@ Exactly once, under retries and concurrency:
 
 Items expire after 14 days (SQS's longest retention, as the DLQs had); the
 recipient stays ``failed`` and ``POST /campaigns/{id}/retry`` still resends it.
-A letter's ``/retry`` leaves it listed until a redrive drops it or it expires.
+``/retry`` deletes the letters of the recipients it sends back out (``forget``).
 
 Limits: one tenant is one partition key, so about 1,000 parkings per second per
 tenant (a dead-lettered 500-recipient chunk is 500 puts); the exact ``count``
@@ -447,6 +447,18 @@ def list_dead_letters(
     # Jobs SQS has dead-lettered that record_dead_letters has not recorded yet (all tenants).
     page["awaiting_recording"] = Queue(aws_client("sqs", settings), settings.dead_letter_queue_url).depth()
     return page
+
+
+def forget(tenant: str, campaign_id: str, emails: list[str], settings: Settings) -> None:
+    """Delete the letters of recipients that ``/retry`` sent back out, so ``/dlq`` lists only what is failed.
+
+    One BatchWriteItem per 25 keys, no reads: a recipient that dead-letters again
+    parks a new letter, since parking only creates.
+    """
+    ensure_models(settings)
+    with DeadLetter.batch_write() as batch:
+        for email in emails:
+            batch.delete(DeadLetter(tenant, job_key(campaign_id, email)))
 
 
 def redrive(tenant: str, settings: Settings, campaign_id: str | None = None) -> dict[str, Any]:

@@ -101,8 +101,14 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _on("table:SuppressionsTable", "dynamodb:BatchGetItem"),  # create: who is suppressed
         _on("queue:ReleaseQueue", "sqs:SendMessage"),  # create, retry, resume, redrive: chunk jobs
         # GET /dlq: the tenant's partition (page and count); POST /dlq/redrive: each item claimed by a
-        # conditional delete, put back only if re-releasing it failed.
-        _on("table:DeadLettersTable", "dynamodb:Query", "dynamodb:DeleteItem", "dynamodb:PutItem"),
+        # conditional delete, put back only if re-releasing it failed; retry: its letters (BatchWriteItem).
+        _on(
+            "table:DeadLettersTable",
+            "dynamodb:Query",
+            "dynamodb:DeleteItem",
+            "dynamodb:PutItem",
+            "dynamodb:BatchWriteItem",
+        ),
         _on("queue:SendDeadLetterQueue", "sqs:GetQueueAttributes"),  # GET /dlq: jobs awaiting recording
     ),
     "websocket_connect": (

@@ -80,14 +80,17 @@ def test_a_poison_job_fails_its_recipient_shows_in_the_dlq_and_redrive_sends_it(
     assert api.call("GET", "/dlq")[1]["count"] == 0
 
 
-def test_retry_requeues_only_failed_recipients(runtime: LocalRuntime) -> None:
-    api = Api(runtime.api_url, token("retrier"))
+def test_retry_requeues_only_failed_recipients_and_forgets_their_dead_letters(runtime: LocalRuntime) -> None:
+    api = Api(runtime.api_url, token("retrier", scopes=("campaigns:read", "campaigns:write", "admin")))
     relay = RefusingRelay()
     with wiring.overridden(mailer=relay):
         campaign_id = api.create_campaign(2, prefix="retry")["campaign_id"]
         api.wait_until_done(campaign_id, timeout_s=120)
+    wait_for(lambda: api.call("GET", f"/dlq?campaign_id={campaign_id}")[1]["count"] == 2)
     status, result = api.call("POST", f"/campaigns/{campaign_id}/retry")
     assert status == 202 and result["requeued"] == 2
+    # /dlq lists only what is still failed: the retried recipients' letters are gone.
+    assert api.call("GET", f"/dlq?campaign_id={campaign_id}")[1]["count"] == 0
     campaign = api.wait_until_done(campaign_id, timeout_s=60)
     assert campaign["status"] == "completed"
     # A second retry finds nothing failed: nothing is sent again.
