@@ -12,10 +12,14 @@ headers that fit on a line, bodies whose lines fit); anything else goes the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
+import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -23,11 +27,352 @@ from email.utils import formatdate
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateRuntimeError, meta
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import StrictUndefined, TemplateError, TemplateRuntimeError, meta, nodes, pass_context
+from jinja2.runtime import Context, markup_join, str_join
+from jinja2.sandbox import MAX_RANGE, SandboxedEnvironment
+from jinja2.visitor import NodeTransformer
+from markupsafe import Markup
 
-_text_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-_html_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+# -- the render budget ---------------------------------------------------------------------------
+#
+# A template is code a tenant gives us, run on a sender shared with other tenants. A Python
+# thread cannot be stopped from outside, so a render stops itself: the sandbox's hooks (every
+# call, attribute access, intercepted operator, loop step and output) check a deadline and
+# count the characters produced, and refuse up front an operation whose result would not fit
+# (9**9**9, 'a'*10**9, 'a'.center(10**9)): those run in C, where no check can interrupt them.
+
+DEFAULT_RENDER_SECONDS = 1.0
+DEFAULT_RENDER_MAX_CHARS = 5_000_000  # per recipient, every field; the request itself is at most 5 MB
+MAX_INT_BITS = 65_536  # an int Python could not even print (4,300 digits) is far below this
+_LOOP_CHECK_EVERY = 256  # loop steps between clock reads: a step costs well under a microsecond
+_CHUNK_CLOCK_EVERY = 16  # output chunks between clock reads (the hooks read it too)
+_AMPLIFYING_STR_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"})
+_WIDE_SPEC = re.compile(r"\d{8,}")  # a width or precision of 10**7 or more, in a %-format or format spec
+
+
+class RenderBudgetExceeded(TemplateRuntimeError):
+    """A render ran out of time or output, or asked for an operation too large to attempt.
+
+    ``field`` names the template (``subject``, ``text``, ``html``) once known; ``timed_out``
+    tells a deadline from a size refusal.
+    """
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+        self.field: str | None = None
+
+
+@dataclass(frozen=True)
+class RenderBudget:
+    """Time and output allowed for rendering one recipient's mail (all its fields together)."""
+
+    seconds: float = DEFAULT_RENDER_SECONDS
+    max_chars: int = DEFAULT_RENDER_MAX_CHARS
+
+
+_DEFAULT_BUDGET = RenderBudget()
+
+
+class _Meter:
+    """The running budget of the render in progress on this thread."""
+
+    __slots__ = ("deadline", "left", "seconds")
+
+    def __init__(self, budget: RenderBudget) -> None:
+        self.seconds = budget.seconds
+        self.deadline = time.monotonic() + budget.seconds
+        self.left = budget.max_chars
+
+
+class _Unmetered:
+    """Outside a render (Jinja folds constants at compile time): size refusals only, no clock."""
+
+    deadline = float("inf")
+    left = DEFAULT_RENDER_MAX_CHARS
+    seconds = float("inf")
+
+
+class _Local(threading.local):
+    meter: _Meter | None = None
+
+
+_UNMETERED = _Unmetered()
+_local = _Local()
+
+
+def _meter() -> _Meter | _Unmetered:
+    return _local.meter or _UNMETERED
+
+
+@contextmanager
+def metered(budget: RenderBudget) -> Iterator[None]:
+    """Run the renders inside under one budget (one recipient's fields share it)."""
+    previous = _local.meter
+    _local.meter = _Meter(budget)
+    try:
+        yield
+    finally:
+        _local.meter = previous
+
+
+def _tick() -> None:
+    meter = _local.meter
+    if meter is not None and time.monotonic() > meter.deadline:
+        raise _timed_out(meter)
+
+
+def _timed_out(meter: _Meter) -> RenderBudgetExceeded:
+    return RenderBudgetExceeded(f"took longer than {meter.seconds:g} s", timed_out=True)
+
+
+def _too_big(what: str, size: int) -> RenderBudgetExceeded:
+    return RenderBudgetExceeded(f"{what} would be {size:,} long, over the {_meter().left:,} left")
+
+
+def _fits(what: str, size: int) -> None:
+    if size > _meter().left:
+        raise _too_big(what, size)
+
+
+def _spend(chars: int) -> None:
+    meter = _local.meter
+    if meter is None:
+        return
+    meter.left -= chars
+    if meter.left < 0:
+        raise _over_size()
+
+
+def _over_size() -> RenderBudgetExceeded:
+    return RenderBudgetExceeded("output is over the size budget")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse an operator whose result would be too large to compute (it runs in C, unstoppable)."""
+    if operator == "**":
+        if _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1:
+            if left.bit_length() * right > MAX_INT_BITS:
+                raise RenderBudgetExceeded(f"a power of about {left.bit_length() * right:,} bits is too large")
+    elif operator == "*":
+        if _is_int(left) and _is_int(right):
+            if left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise RenderBudgetExceeded("a product that large is refused")
+        elif _is_int(right) and isinstance(left, (str, list, tuple)):
+            _fits("a repetition", len(left) * right)
+        elif _is_int(left) and isinstance(right, (str, list, tuple)):
+            _fits("a repetition", len(right) * left)
+    elif operator == "+":
+        if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            _fits("a concatenation", len(left) + len(right))
+    elif operator == "%" and isinstance(left, str):
+        _check_format(left, right if isinstance(right, tuple) else (right,), {})
+
+
+def _check_format(spec: str, args: Iterable[Any], kwargs: dict[str, Any]) -> None:
+    """A format string's widths and precisions, literal or taken from the arguments, must fit."""
+    if _WIDE_SPEC.search(spec):
+        raise RenderBudgetExceeded("a format width or precision that large is refused")
+    limit = _meter().left
+    if any(_is_int(a) and a > limit for a in (*args, *kwargs.values())) and ("*" in spec or "{" in spec):
+        raise RenderBudgetExceeded("a format width or precision that large is refused")
+
+
+def _check_str_method(text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Size the result of a str method that can grow its input before running it."""
+    if name in ("center", "ljust", "rjust", "zfill"):
+        width = args[0] if args else kwargs.get("width", 0)
+        if _is_int(width):
+            _fits(f"str.{name}", width)
+    elif name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        if _is_int(size):
+            _fits("str.expandtabs", len(text) + text.count("\t") * size)
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        count = args[2] if len(args) > 2 and _is_int(args[2]) else kwargs.get("count", -1)
+        hits = text.count(old) if old else len(text) + 1
+        if _is_int(count) and count >= 0:
+            hits = min(hits, count)
+        _fits("str.replace", len(text) + hits * (len(new) - len(old)))
+    elif name == "join" and args and hasattr(args[0], "__len__"):
+        _fits("str.join", len(text) * max(0, len(args[0]) - 1))
+    elif name in ("format", "format_map"):
+        _check_format(
+            text, args, kwargs if name == "format" else (args[0] if args and isinstance(args[0], dict) else {})
+        )
+
+
+def _metered_filter(name: str, func: Any) -> Any:
+    """A built-in filter, with its count and width arguments held to the budget."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        skip = 2 if hasattr(func, "jinja_pass_arg") else 1  # (context|eval_ctx|environment,) value
+        value, rest = (args[skip - 1] if len(args) >= skip else None), args[skip:]
+        limit = _meter().left
+        if any(_is_int(a) and a > limit for a in (*rest, *kwargs.values())):
+            raise RenderBudgetExceeded(f"|{name} with an argument that large is refused")
+        if isinstance(value, str):
+            if name == "replace":
+                _check_str_method(value, "replace", rest, kwargs)
+            elif name == "indent":
+                width = rest[0] if rest else kwargs.get("width", 4)
+                prefix = width if isinstance(width, str) else " " * width if _is_int(width) else ""
+                _fits("|indent", len(value) + (value.count("\n") + 1) * len(prefix))
+            elif name == "format":
+                _check_format(value, rest, kwargs)
+        if name == "join" and rest and isinstance(rest[0], str) and hasattr(value, "__len__"):
+            _fits("|join", len(rest[0]) * max(0, len(value) - 1))
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+@pass_context
+def _metered_iter(context: Context, iterable: Any) -> Iterator[Any]:
+    """What a ``{% for %}`` walks: the clock is read every few steps, so empty nested loops stop too."""
+    steps = 0
+    for item in iterable:
+        steps += 1
+        if steps % _LOOP_CHECK_EVERY == 0:
+            _tick()
+        yield item
+
+
+@pass_context
+def _metered_concat(context: Context, parts: list[Any]) -> str:
+    """``a ~ b``: sized before it is joined."""
+    _tick()
+    _fits("a ~ concatenation", sum(len(p) if isinstance(p, str) else len(str(p)) for p in parts))
+    return markup_join(parts) if context.eval_ctx.autoescape else str_join(parts)
+
+
+@pass_context
+def _metered_output(context: Context, value: Any, literal: bool = False) -> Any:
+    """Every ``{{ }}`` and piece of template text as it is produced, in macros and blocks too."""
+    _spend(len(value) if isinstance(value, str) else len(str(value)))
+    if literal and context.eval_ctx.autoescape:
+        return Markup(value)  # template text is trusted markup, as Jinja itself outputs it
+    return value
+
+
+def _metered_range(*args: int) -> range:
+    rng = range(*args)
+    if len(rng) > MAX_RANGE:
+        raise RenderBudgetExceeded(f"range() of {len(rng):,} items is refused (at most {MAX_RANGE:,})")
+    return rng
+
+
+def _metered_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:  # noqa: A002
+    if not (_is_int(n) and _is_int(max)) or n * max > _meter().left:
+        raise RenderBudgetExceeded("lipsum() that large is refused")
+    from jinja2.utils import generate_lorem_ipsum
+
+    return generate_lorem_ipsum(n=n, html=html, min=min, max=max)
+
+
+class _MeterTemplate(NodeTransformer):
+    """Routes a parsed template's loops, ``~`` and buffered outputs through the metered helpers.
+
+    Output at the top level streams out of ``generate()`` and is counted there; output
+    inside a macro, call, filter or ``{% set %}`` block is buffered until the block ends,
+    so each piece of it is counted as it is produced.
+    """
+
+    _BUFFERED = (nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock)
+
+    def __init__(self) -> None:
+        self.buffered = 0
+
+    def generic_visit(self, node: nodes.Node, *args: Any, **kwargs: Any) -> Any:
+        """Visit children, knowing whether they sit inside a buffered block."""
+        inside = isinstance(node, self._BUFFERED)
+        self.buffered += inside
+        try:
+            return super().generic_visit(node, *args, **kwargs)
+        finally:
+            self.buffered -= inside
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:
+        self.generic_visit(node)
+        node.iter = nodes.Filter(node.iter, "_metered_iter", [], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
+        self.generic_visit(node)
+        parts = nodes.List(node.nodes, lineno=node.lineno)
+        return nodes.Filter(parts, "_metered_concat", [], [], None, None, lineno=node.lineno)
+
+    def visit_Output(self, node: nodes.Output) -> nodes.Node:
+        self.generic_visit(node)
+        if not self.buffered:
+            return node
+        wrapped: list[nodes.Expr] = []
+        for child in node.nodes:
+            if isinstance(child, nodes.TemplateData):
+                literal = nodes.Const(child.data, lineno=child.lineno)
+                wrapped.append(
+                    nodes.Filter(literal, "_metered_output", [nodes.Const(True)], [], None, None, lineno=child.lineno)
+                )
+            else:
+                wrapped.append(nodes.Filter(child, "_metered_output", [], [], None, None, lineno=child.lineno))
+        node.nodes = wrapped
+        return node
+
+
+class BudgetedEnvironment(SandboxedEnvironment):
+    """Jinja's sandbox with a render budget: time and output, checked from inside the render."""
+
+    # Intercepted operators are also never folded at compile time: unintercepted, Jinja's
+    # optimizer computed {{ 9**(9**9) }} while compiling, inside the API's validation.
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.filters = {name: _metered_filter(name, f) for name, f in self.filters.items()}
+        self.filters.update(
+            _metered_iter=_metered_iter, _metered_concat=_metered_concat, _metered_output=_metered_output
+        )
+        self.globals.update(range=_metered_range, lipsum=_metered_lipsum)
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        return _MeterTemplate().visit(super()._parse(source, name, filename))
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """An intercepted operator: sized before it runs."""
+        _tick()
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        """Any call in a template (methods, macros, globals)."""
+        _tick()
+        target = getattr(__obj, "__wrapped__", __obj)  # str.format comes wrapped by the sandbox
+        owner = getattr(target, "__self__", None)
+        name = getattr(target, "__name__", "")
+        if isinstance(owner, str) and (name in _AMPLIFYING_STR_METHODS or name in ("format", "format_map")):
+            _check_str_method(owner, name, args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``x.y``; also a clock check, since it is what a busy template does most."""
+        _tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        """``x[y]``, with a clock check."""
+        _tick()
+        return super().getitem(obj, argument)
+
+
+_text_env = BudgetedEnvironment(undefined=StrictUndefined, autoescape=False)
+_html_env = BudgetedEnvironment(undefined=StrictUndefined, autoescape=True)
 
 
 @dataclass(frozen=True)
@@ -69,14 +414,72 @@ def compile_errors(templates: dict[str, str | None]) -> tuple[list[dict], dict[s
     return errors, names
 
 
-def render_field(source: str, context: dict[str, Any], html: bool = False) -> str:
-    """Render one template for one recipient; raises jinja2.TemplateError on any failure."""
+def render_field(source: str, context: dict[str, Any], html: bool = False, budget: RenderBudget | None = None) -> str:
+    """Render one template for one recipient; raises jinja2.TemplateError on any failure.
+
+    Inside ``metered(...)`` it spends that budget; otherwise it gets one of its own
+    (``budget``, or the default). A budget overrun raises ``RenderBudgetExceeded``.
+    """
+    meter = _local.meter
+    if meter is None:
+        with metered(budget or RenderBudget()):
+            return render_field(source, context, html)
     try:
-        return _compiled(source, html).render(context)
+        # Streamed, so a body that grows past the budget stops there, not at the end. The
+        # template's own generator, not generate(): one generator layer less per chunk.
+        template = _compiled(source, html)
+        chunks: list[str] = []
+        clock = time.monotonic
+        for index, chunk in enumerate(template.root_render_func(template.new_context(context))):
+            chunks.append(chunk)
+            meter.left -= len(chunk)
+            if meter.left < 0:
+                raise _over_size()
+            if not index % _CHUNK_CLOCK_EVERY and clock() > meter.deadline:
+                raise _timed_out(meter)
+        return "".join(chunks)
     except TemplateError:
         raise
+    except MemoryError as exc:
+        raise RenderBudgetExceeded("ran out of memory") from exc
     except Exception as exc:  # noqa: BLE001 - a template's own runtime error (1/0, "a" + 1) is a template error
         raise TemplateRuntimeError(f"{type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RenderedFields:
+    """A recipient's rendered subject (one line) and bodies."""
+
+    subject: str
+    text: str | None
+    html: str | None
+
+
+def _render_named(field: str, source: str, context: dict[str, Any]) -> str:
+    try:
+        return render_field(source, context, html=field == "html")
+    except RenderBudgetExceeded as exc:
+        exc.field = exc.field or field
+        raise
+
+
+def render_fields(
+    templates: CampaignTemplates, email: str, variables: dict[str, Any] | None, budget: RenderBudget | None = None
+) -> RenderedFields:
+    """Render subject, text and html for one recipient under one budget.
+
+    Raises jinja2.TemplateError; ``RenderBudgetExceeded.field`` names the field that overran.
+    """
+    context = recipient_context(email, variables)
+    previous, _local.meter = _local.meter, _Meter(budget or _DEFAULT_BUDGET)  # metered(), without its overhead
+    try:
+        # A variable could smuggle a line break into the subject; headers must stay one line.
+        subject = " ".join(_render_named("subject", templates.subject, context).splitlines())
+        text = _render_named("text", templates.text, context) if templates.text is not None else None
+        html = _render_named("html", templates.html, context) if templates.html is not None else None
+    finally:
+        _local.meter = previous
+    return RenderedFields(subject, text, html)
 
 
 def recipient_context(email: str, variables: dict[str, Any] | None) -> dict[str, Any]:
@@ -92,15 +495,24 @@ def build_message(
     variables: dict[str, Any] | None,
     message_id_domain: str,
     extra_headers: dict[str, str] | None = None,
+    budget: RenderBudget | None = None,
 ) -> EmailMessage:
     """The complete MIME message for one recipient."""
-    context = recipient_context(email, variables)
+    rendered = render_fields(templates, email, variables, budget)
+    return _assemble(templates, email, rendered, message_id_domain, extra_headers)
+
+
+def _assemble(
+    templates: CampaignTemplates,
+    email: str,
+    rendered: RenderedFields,
+    message_id_domain: str,
+    extra_headers: dict[str, str] | None = None,
+) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = templates.from_addr
     msg["To"] = email
-    # A variable could smuggle a line break into the subject; headers must stay one line.
-    subject = render_field(templates.subject, context)
-    msg["Subject"] = " ".join(subject.splitlines())
+    msg["Subject"] = rendered.subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = message_id(templates.campaign_id, email, message_id_domain)
     if templates.reply_to:
@@ -108,8 +520,7 @@ def build_message(
     msg["X-Mailpipe-Campaign"] = templates.campaign_id
     for name, value in (extra_headers or {}).items():
         msg[name] = value
-    text = render_field(templates.text, context) if templates.text is not None else None
-    html = render_field(templates.html, context, html=True) if templates.html is not None else None
+    text, html = rendered.text, rendered.html
     if text is not None:
         msg.set_content(text)
         if html is not None:
@@ -166,13 +577,16 @@ class MessageSkeleton:
 
     def render(self, email: str, variables: dict[str, Any] | None, message_id_domain: str) -> bytes | None:
         """The recipient's mail, or None where only EmailMessage can write it; raises TemplateError."""
+        if not _SIMPLE_ADDRESS.fullmatch(email):
+            return None
+        return self.assemble(email, render_fields(self.templates, email, variables), message_id_domain)
+
+    def assemble(self, email: str, rendered: RenderedFields, message_id_domain: str) -> bytes | None:
+        """The mail from already rendered fields, or None where only EmailMessage can write it."""
         t = self.templates
         if not _SIMPLE_ADDRESS.fullmatch(email):
             return None
-        context = recipient_context(email, variables)
-        subject = " ".join(render_field(t.subject, context).splitlines())
-        text = render_field(t.text, context) if t.text is not None else None
-        html = render_field(t.html, context, html=True) if t.html is not None else None
+        subject, text, html = rendered.subject, rendered.text, rendered.html
         parts = []
         for source, subtype in ((text, "plain"), (html, "html")):
             if source is not None:
@@ -233,16 +647,24 @@ def _skeleton(templates: CampaignTemplates) -> MessageSkeleton:
     return MessageSkeleton(templates)
 
 
-def message_bytes(templates: CampaignTemplates, email: str, variables: dict[str, Any] | None, domain: str) -> bytes:
+def message_bytes(
+    templates: CampaignTemplates,
+    email: str,
+    variables: dict[str, Any] | None,
+    domain: str,
+    budget: RenderBudget | None = None,
+) -> bytes:
     """The recipient's complete mail as bytes: ``build_message(...).as_bytes()``, cheaper.
 
-    Raises jinja2.TemplateError exactly when ``build_message`` would.
+    Raises jinja2.TemplateError exactly when ``build_message`` would; rendering stays
+    within ``budget`` (default: ``RenderBudget()``), else ``RenderBudgetExceeded``.
     """
-    rendered = _skeleton(templates).render(email, variables, domain)
-    if rendered is not None:
-        return rendered
+    rendered = render_fields(templates, email, variables, budget)
+    fast = _skeleton(templates).assemble(email, rendered, domain)
+    if fast is not None:
+        return fast
     if not email.isascii():
         # A non-ASCII local part: no encoded word may stand in an address, so the headers are
         # RFC 6532 UTF-8, and the sender sends the mail with SMTPUTF8 or not at all.
-        return build_message(templates, email, variables, domain).as_bytes(policy=_POLICY.clone(utf8=True))
-    return build_message(templates, email, variables, domain).as_bytes()
+        return _assemble(templates, email, rendered, domain).as_bytes(policy=_POLICY.clone(utf8=True))
+    return _assemble(templates, email, rendered, domain).as_bytes()

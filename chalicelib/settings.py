@@ -108,7 +108,13 @@ class Settings:
     # Per-tenant cap on release, in mails per second; 0 = none (send_rate_per_s still holds).
     tenant_send_rate_per_s: float = 0.0
 
-    # Retry policy.
+    # Render budget: time and characters one recipient's mail may take to render (all fields),
+    # at creation (for the rows it samples) and in the sender, where an overrun fails the recipient.
+    render_budget_s: float = 1.0
+    render_max_chars: int = 5_000_000
+
+    # Retry policy. The claim lease must outlast send_mail's timeout in every stage (a unit test
+    # reads .chalice/config.json): a lease that expires under a live worker mails twice.
     claim_lease_s: int = 120
     retry_base_s: float = 60.0
     retry_cap_s: float = 3600.0

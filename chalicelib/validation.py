@@ -6,6 +6,7 @@ and each bad recipient row, so a client can fix its list in one go.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from email.utils import formataddr, getaddresses
 from typing import Any
@@ -15,11 +16,23 @@ from jinja2 import TemplateError
 from jinja2.exceptions import SecurityError
 
 from chalicelib.errors import InvalidCampaign, PayloadTooLarge
-from chalicelib.rendering import compile_errors, recipient_context, render_field
+from chalicelib.rendering import (
+    RenderBudget,
+    RenderBudgetExceeded,
+    compile_errors,
+    metered,
+    recipient_context,
+    render_field,
+)
 
 MAX_NAME = 200
 MAX_SUBJECT = 998  # RFC 5322 line limit
 MAX_ROW_ERRORS = 200  # enough to fix a list; more would only bloat the answer
+# Rows rendered for real at creation besides those missing a variable: the first few and an
+# even spread, so a template slow or huge only for later rows is caught here, not at send time.
+SAMPLE_HEAD = 10
+SAMPLE_SPREAD = 40
+VALIDATION_RENDER_S = 5.0  # all of creation's renders together; API Gateway gives up after 29 s
 _LOCAL_SUFFIX = ".local"  # RFC 6762; with .test (RFC 6761), where a private Mailu lives
 
 
@@ -114,10 +127,17 @@ def _mailbox(body: dict, name: str, errors: list[dict], required: bool, allow_sp
     return value
 
 
-def parse_campaign_request(body: Any, max_recipients: int, allow_special_use_domains: bool = False) -> CampaignRequest:
+def parse_campaign_request(
+    body: Any,
+    max_recipients: int,
+    allow_special_use_domains: bool = False,
+    render_budget: RenderBudget | None = None,
+) -> CampaignRequest:
     """Validate a POST /campaigns body; raise InvalidCampaign listing every problem.
 
     ``allow_special_use_domains`` also accepts ``.test`` and ``.local`` addresses (local stage).
+    ``render_budget`` is what the sender allows one recipient's render; a sampled row that
+    overruns it is a 400 naming the field.
     """
     if not isinstance(body, dict):
         raise InvalidCampaign([{"field": "body", "error": "must be a JSON object"}])
@@ -150,7 +170,7 @@ def parse_campaign_request(body: Any, max_recipients: int, allow_special_use_dom
     alerts = _parse_alerts(body.get("alerts"), errors)
     rows, duplicates = _parse_recipients(body.get("recipients"), max_recipients, errors, allow_special_use_domains)
     if not template_errors:
-        _check_variables(rows, names, {"subject": subject, **bodies}, errors)
+        _check_variables(rows, names, {"subject": subject, **bodies}, errors, render_budget or RenderBudget())
     if errors:
         raise InvalidCampaign(errors[: MAX_ROW_ERRORS + 20])
     return CampaignRequest(
@@ -232,36 +252,58 @@ def _parse_recipients(
     return rows, duplicates
 
 
-def _check_variables(
-    rows: list[RecipientRow], names: dict[str, set[str]], sources: dict[str, str | None], errors: list[dict]
-) -> None:
-    """Refuse recipients that lack a variable a template needs.
+def _sampled_rows(count: int) -> set[int]:
+    """The rows rendered whatever their variables: the first few and an even spread."""
+    step = max(1, count // SAMPLE_SPREAD)
+    return set(range(min(count, SAMPLE_HEAD))) | set(range(0, count, step))
 
-    The referenced names come from the template's AST; only the first
-    recipient and those missing one of them are rendered for real, so ``{% if x is defined %}`` guards work
-    and the common case costs a set difference per row.
+
+def _check_variables(
+    rows: list[RecipientRow],
+    names: dict[str, set[str]],
+    sources: dict[str, str | None],
+    errors: list[dict],
+    budget: RenderBudget,
+) -> None:
+    """Refuse recipients that lack a variable a template needs, and templates over the render budget.
+
+    The referenced names come from the template's AST; only a sample of rows (the first ones
+    and an even spread) and those missing one of them are rendered for real, so
+    ``{% if x is defined %}`` guards work and the common case costs a set difference per row.
+    Each row renders under the sender's per-recipient budget, and all of them within
+    ``VALIDATION_RENDER_S``: once that is spent, the remaining rows are left to the sender,
+    which fails a recipient whose render overruns.
     """
     needed = set().union(*names.values()) if names else set()
     needed.discard("email")
+    sampled = _sampled_rows(len(rows))
     reported = 0
+    spent_by = time.monotonic() + VALIDATION_RENDER_S
     for index, row in enumerate(rows):
-        # The first row is always rendered for real: a template the sandbox
-        # refuses for everyone is caught here, not at send time.
-        if index > 0 and needed.issubset(row.vars):
+        if index not in sampled and needed.issubset(row.vars):
             continue
+        left = spent_by - time.monotonic()
+        if left <= 0:
+            return
         context = recipient_context(row.email, row.vars)
-        for field_name, source in sources.items():
-            if source is None:
-                continue
-            try:
-                render_field(source, context, html=field_name == "html")
-            except SecurityError as exc:
-                # The sandbox refuses the template itself, whoever receives it.
-                errors.append({"field": field_name, "error": f"template is not allowed: {exc}"})
-                return
-            except TemplateError as exc:
-                # A missing variable, or one of the wrong type: this row's data.
-                reported += 1
-                if reported <= MAX_ROW_ERRORS:
-                    errors.append({"row": row.row, "email": row.email, "error": f"{field_name}: {exc}"})
-                break
+        with metered(RenderBudget(min(budget.seconds, left), budget.max_chars)):
+            for field_name, source in sources.items():
+                if source is None:
+                    continue
+                try:
+                    render_field(source, context, html=field_name == "html")
+                except RenderBudgetExceeded as exc:
+                    if exc.timed_out and left < budget.seconds:
+                        return  # creation's own time ran out, not this row's budget
+                    errors.append({"field": field_name, "row": row.row, "error": f"render budget exceeded: {exc}"})
+                    return
+                except SecurityError as exc:
+                    # The sandbox refuses the template itself, whoever receives it.
+                    errors.append({"field": field_name, "error": f"template is not allowed: {exc}"})
+                    return
+                except TemplateError as exc:
+                    # A missing variable, or one of the wrong type: this row's data.
+                    reported += 1
+                    if reported <= MAX_ROW_ERRORS:
+                        errors.append({"row": row.row, "email": row.email, "error": f"{field_name}: {exc}"})
+                    break

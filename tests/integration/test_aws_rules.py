@@ -33,6 +33,8 @@ DEFAULTED_ON_PURPOSE = {
     "release_slice_size": "a tuning default: recipients per turn of the release stage",
     "tenant_send_rate_per_s": "off by default: no per-tenant cap, send_rate_per_s still holds",
     "claim_lease_s": "120 s, longer than send_mail can run (60 s)",
+    "render_budget_s": "1 s per recipient's render, a small part of the claim lease",
+    "render_max_chars": "5 M characters per recipient's mail, the documented request limit",
     "max_recipients": "the documented request limit",
     "max_body_bytes": "the documented request limit",
     "connection_ttl_s": "two hours of dashboard",
