@@ -50,3 +50,11 @@ class TemporaryDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """5xx: never retry; the address bounces."""
+
+
+class NotSendable(PermanentDeliveryError):
+    """Refused before any SMTP command: this mail cannot go over this relay (an address with no
+    IDNA form, a non-ASCII address the relay has no SMTPUTF8 for, a message that cannot be encoded).
+
+    Never retried, but the address is not at fault: the recipient fails and is not suppressed.
+    """

@@ -29,7 +29,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from jinja2 import TemplateError
 
 from chalicelib import recipients as store
-from chalicelib.errors import PermanentDeliveryError, TemporaryDeliveryError
+from chalicelib.errors import NotSendable, PermanentDeliveryError, TemporaryDeliveryError
 from chalicelib.models import (
     BOUNCED,
     CAMPAIGN_CACHE_S,
@@ -225,6 +225,10 @@ class Sender:
         )
         try:
             reply = await asyncio.wrap_future(self.mailer.submit(envelope))
+        except NotSendable as exc:
+            # Our own refusal before any SMTP command: nothing the address did, so no suppression.
+            self.recipients.record_outcome(campaign_id, email, token, FAILED, str(exc), message_id=mid)
+            return
         except PermanentDeliveryError as exc:
             self.recipients.record_outcome(campaign_id, email, token, BOUNCED, str(exc), code=exc.code, message_id=mid)
             suppress(campaign.tenant, email, f"bounced: {exc}", campaign_id)

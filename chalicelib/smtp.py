@@ -40,7 +40,7 @@ import aiosmtplib
 import idna
 from aiosmtplib.email import parse_address
 
-from chalicelib.errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from chalicelib.errors import DeliveryError, NotSendable, PermanentDeliveryError, TemporaryDeliveryError
 from chalicelib.settings import Settings
 
 # Only a hint for *when* to retry, never for *whether*: that is the reply code.
@@ -95,16 +95,16 @@ def wire_address(address: str) -> str:
         try:
             domain = idna.encode(domain, uts46=True).decode("ascii")
         except idna.IDNAError as exc:
-            raise PermanentDeliveryError(f"not sent: {address!r} has no valid IDNA form ({exc})") from exc
+            raise NotSendable(f"not sent: {address!r} has no valid IDNA form ({exc})") from exc
         address = f"{local_part}@{domain}"
     try:
         # aiosmtplib sends what email.utils.parseaddr makes of an address: "a@exa mple.org"
         # would go out as <a@exa>. Only an address that is its own parse goes at all.
         parsed = parse_address(address)
     except ValueError as exc:
-        raise PermanentDeliveryError(f"not sent: {exc}") from exc
+        raise NotSendable(f"not sent: {exc}") from exc
     if parsed != address:
-        raise PermanentDeliveryError(f"not sent: {address!r} is not one mailbox")
+        raise NotSendable(f"not sent: {address!r} is not one mailbox")
     return address
 
 
@@ -127,7 +127,7 @@ def seven_bit(message: bytes) -> bytes:
     8-bit headers (RFC 6532) or an 8-bit part without a charset cannot be made 7-bit: that
     mail is refused, permanently, for its recipient.
     """
-    cannot = PermanentDeliveryError("not sent: the relay does not offer 8BITMIME and the message cannot be 7-bit")
+    cannot = NotSendable("not sent: the relay does not offer 8BITMIME and the message cannot be 7-bit")
     if not _HEADER_BLOCK_END.split(message, maxsplit=1)[0].isascii():
         raise cannot
     out = io.BytesIO()
@@ -170,7 +170,7 @@ def classify(exc: BaseException) -> DeliveryError:
         return TemporaryDeliveryError(f"{type(exc).__name__}: {exc}", code=None)
     if isinstance(exc, UnicodeError):
         # This message's address or bytes cannot be encoded for the wire: no retry can change that.
-        return PermanentDeliveryError(f"not sent: {type(exc).__name__}: {exc}", code=None)
+        return NotSendable(f"not sent: {type(exc).__name__}: {exc}", code=None)
     if isinstance(exc, Exception):
         # A fault we cannot place, maybe ours and maybe hitting every mail: retried and
         # recorded, dead-lettered as failed with this reason; never bounced and suppressed.
@@ -311,7 +311,7 @@ def transaction(
                     f"the relay does not offer SMTPUTF8, which the bounce address {sender!r} needs"
                 )
             needs = f"{recipient!r} needs" if not recipient.isascii() else "this mail's UTF-8 headers need"
-            raise PermanentDeliveryError(f"not sent: the relay does not offer SMTPUTF8, which {needs}")
+            raise NotSendable(f"not sent: the relay does not offer SMTPUTF8, which {needs}")
         mail_options.append("SMTPUTF8")
     if eight_bit:
         # RFC 6531 has a relay that offers SMTPUTF8 take 8BITMIME too; its UTF-8 headers

@@ -5,8 +5,8 @@ neither SMTPUTF8 nor 8BITMIME, raises in its DATA handler for one recipient and 
 the connection mid-DATA for another. One campaign holds:
 
 - an IDN address: created in its canonical (punycode) form, sent, punycode in RCPT and To:;
-- a UTF-8 local part: created (the relay is not known then), then ``bounced`` at the
-  first attempt with the reason, not retried;
+- a UTF-8 local part: created (the relay is not known then), then ``failed`` at the
+  first attempt with the reason, not retried, and not suppressed (the address is not at fault);
 - the handler fault: ``bounced`` with the relay's 500;
 - the dropped connection: ``deferred`` with the reason at each attempt, then ``failed``
   once dead-lettered, its last reply kept;
@@ -83,7 +83,7 @@ def test_every_smtp_exception_ends_in_a_recorded_outcome(runtime: LocalRuntime, 
     idn = by_email["jose@xn--exmple-cua.com"]
     assert idn["status"] in ("sent", "delivered")
     utf8 = by_email["josé@example.org"]
-    assert (utf8["status"], utf8["attempts"]) == ("bounced", 1)
+    assert (utf8["status"], utf8["attempts"]) == ("failed", 1)
     assert "does not offer SMTPUTF8" in utf8["last_reply"]
     boom = by_email["boom@example.org"]
     assert (boom["status"], boom["last_code"]) == ("bounced", 500)
@@ -100,3 +100,9 @@ def test_every_smtp_exception_ends_in_a_recorded_outcome(runtime: LocalRuntime, 
     assert plain.content.isascii()
     assert plain.message.get_content() == "Hällo Jörg, this is mail for ann@example.org.\n"
     assert relay.handler.dropped.count("drop@example.org") == 2  # one per receive, then dead-lettered
+
+    # The relay's 500 suppressed its address; our own refusal (no SMTPUTF8 here) did not.
+    again = api.create_campaign(
+        0, recipients=[{"email": e, "vars": {"name": "J"}} for e in ("josé@example.org", "boom@example.org")]
+    )
+    assert (again["queued"], again["suppressed"]) == (1, 1)
