@@ -25,9 +25,11 @@ from tests.support.api import Api, token
 pytestmark = pytest.mark.integration
 
 ALL_SCOPES = ("campaigns:read", "campaigns:write", "admin")
-# Examples per operation: enough for each route's parameters and body, and the whole
-# run stays under about a minute on this 2-core machine.
-MAX_EXAMPLES = 15
+# Examples per operation, and a time budget for the whole run: about a minute on this
+# 2-core machine. One worker: schemathesis' generator is not thread-safe on Python 3.11
+# (hypothesis raised "AST constructor recursion depth mismatch" with two).
+MAX_EXAMPLES = 8
+MAX_TIME_S = 60
 SEED = 9  # a fixed seed: a failure found in CI is found again on the next run
 
 
@@ -63,7 +65,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_its_schema(runtime
         "--request-timeout",
         "30",
         "--max-time",
-        "90",
+        str(MAX_TIME_S),
         "--report",
         "junit",
         "--report-dir",
