@@ -124,6 +124,11 @@ def dashboard() -> Any:
     return api.dashboard(wiring.settings())
 
 
+@app.route("/openapi.json", methods=["GET"], cors=True)
+def openapi_document() -> Any:
+    return api.openapi(app.current_request)
+
+
 @app.on_ws_connect()
 def websocket_connect(event: Any) -> Any:
     """Accept a dashboard whose ``?token=`` verifies (browsers cannot set headers on upgrades)."""

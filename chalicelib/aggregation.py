@@ -34,7 +34,7 @@ def _status(image: dict[str, Any] | None) -> str | None:
 
 
 def transitions_from(records: Iterable[dict[str, Any]]) -> list[Transition]:
-    """Recipient status changes in a Lambda DynamoDB-stream event's records."""
+    """Recipient status changes in a Lambda DynamoDB-stream event's records (REMOVE records are none)."""
     out = []
     for record in records:
         data = record.get("dynamodb") or {}
@@ -42,10 +42,13 @@ def transitions_from(records: Iterable[dict[str, Any]]) -> list[Transition]:
         campaign = (keys.get("campaign_id") or {}).get("S")
         if not campaign or "SequenceNumber" not in data:
             continue
+        if record.get("eventName") == "REMOVE":
+            # A TTL expiry or a manual delete is no delivery outcome: the recipient
+            # still ended where it ended. Counted as "left its state", it reopened
+            # a completed campaign (back to ``sending``) that nothing would close.
+            continue
         old = _status(data.get("OldImage"))
         new = _status(data.get("NewImage"))
-        if record.get("eventName") == "REMOVE":
-            new = None
         out.append(
             Transition(
                 campaign_id=campaign,

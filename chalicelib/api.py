@@ -18,7 +18,8 @@ from chalicelib import campaigns, dead_letters, realtime, stream_failures
 from chalicelib.auth import ADMIN, READ, WRITE, Principal
 from chalicelib.dashboard_page import dashboard_page
 from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, PayloadTooLarge, Unauthorized
-from chalicelib.pagination import parse_limit
+from chalicelib.openapi import openapi_document
+from chalicelib.pagination import MAX_KEY_BYTES, key_string_fits, parse_limit
 from chalicelib.settings import Settings
 from chalicelib.validation import parse_campaign_request
 
@@ -41,10 +42,27 @@ def principal_from(request: Any) -> Principal:
     return Principal(tenant=tenant, scopes=frozenset(str(context.get("scopes", "")).split()))
 
 
+def check_key_fields(request: Any, principal: Principal) -> None:
+    """The tenant and every path parameter must fit a DynamoDB key, or the request is a 400 naming each.
+
+    They become partition and sort keys (tenant, campaign_id, …); past DynamoDB's
+    limits every read or write is a ValidationException, which would be a 500.
+    """
+    candidates = [("tenant", principal.tenant), *sorted((request.uri_params or {}).items())]
+    errors = [
+        {"field": name, "error": f"must be 1 to {MAX_KEY_BYTES} bytes of UTF-8"}
+        for name, value in candidates
+        if not isinstance(value, str) or not key_string_fits(value)
+    ]
+    if errors:
+        raise InvalidCampaign(errors)
+
+
 def respond(request: Any, scope: str, action: Callable[[Principal], tuple[int, Any]]) -> Response:
     """Run ``action`` for the authorized caller and turn the outcome into a response."""
     try:
         principal = principal_from(request)
+        check_key_fields(request, principal)
         principal.require(scope)
         status, body = action(principal)
         return json_response(status, body)
@@ -74,6 +92,11 @@ def json_body(request: Any, settings: Settings) -> Any:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidCampaign([{"field": "body", "error": f"not valid JSON: {exc}"}]) from exc
+    except RecursionError as exc:
+        # json.loads recurses once per nesting level: a few thousand ``[`` in a
+        # small body exhaust the interpreter's stack. Chalice's own json_body
+        # would raise the same, which is why the raw body is parsed here.
+        raise InvalidCampaign([{"field": "body", "error": "nested too deeply"}]) from exc
 
 
 def query(request: Any, name: str) -> str | None:
@@ -191,6 +214,11 @@ def resume(request: Any, campaign_id: str, settings: Settings) -> Response:
 def live_stats(request: Any, campaign_id: str, settings: Settings) -> Response:
     """GET /campaigns/{id}/stats."""
     return respond(request, READ, lambda p: (200, campaigns.live_stats(campaigns.get_owned(p, campaign_id), settings)))
+
+
+def openapi(request: Any) -> Response:
+    """GET /openapi.json: the API's OpenAPI 3 document (no authorizer, like the dashboard)."""
+    return json_response(200, openapi_document())
 
 
 def dashboard(settings: Settings) -> Response:

@@ -28,7 +28,7 @@ from chalicelib.models import (
     Campaign,
     Recipient,
 )
-from chalicelib.pagination import decode_token, encode_token
+from chalicelib.pagination import decode_start_key, decode_walk, encode_token
 from chalicelib.recipients import RecipientStore, parse_history
 from chalicelib.release import enqueue_release
 from chalicelib.settings import Settings
@@ -131,7 +131,9 @@ def list_campaigns(principal: Principal, limit: int, next_token: str | None) -> 
         principal.tenant,
         scan_index_forward=False,
         limit=limit,
-        last_evaluated_key=decode_token(next_token),
+        last_evaluated_key=decode_start_key(
+            next_token, ("tenant", "created_at", "campaign_id"), {"tenant": principal.tenant}
+        ),
     )
     items = [
         {
@@ -168,13 +170,14 @@ def list_recipients(
     for status in statuses or []:
         if status not in RECIPIENT_STATES:
             raise InvalidCampaign([{"field": "status", "error": f"unknown status {status!r}"}])
-    start = decode_token(next_token)
+    partition = {"campaign_id": campaign.campaign_id}
     if not statuses:
+        start = decode_start_key(next_token, ("campaign_id", "email"), partition)
         page = Recipient.query(campaign.campaign_id, limit=limit, last_evaluated_key=start)
         items = [recipient_view(r) for r in page]
         return {"recipients": items, "next": encode_token(page.last_evaluated_key)}
     # Several states: walk them in order; the token remembers which state we are in.
-    state_index = int((start or {}).pop("_state", 0)) if start else 0
+    state_index, start = decode_walk(next_token, ("campaign_id", "email", "status"), partition, statuses, "status")
     items: list[dict[str, Any]] = []
     while state_index < len(statuses) and len(items) < limit:
         page = Recipient.status_index.query(

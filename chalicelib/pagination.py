@@ -1,16 +1,34 @@
-"""Opaque pagination tokens: DynamoDB's LastEvaluatedKey, base64url-encoded JSON."""
+"""Opaque pagination tokens: DynamoDB's LastEvaluatedKey, base64url-encoded JSON.
+
+A token comes back from the client, so it is untrusted input: before it becomes an
+``ExclusiveStartKey`` it must have exactly the key's attributes, each a string
+DynamoDB accepts, and the query's own partition. Anything else DynamoDB would refuse
+with a ValidationException (a 500 here), or worse, read from another partition; so a
+token of the wrong shape is a 400 naming ``next``.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from chalicelib.errors import InvalidCampaign
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+# DynamoDB caps a partition key at 2048 bytes and a sort key at 1024; the smaller
+# bound holds for any key attribute, whichever role it plays in a table or index.
+MAX_KEY_BYTES = 1024
+# Where a listing walks several queries in turn (one per status), the token also
+# carries which of them it is in, under this name (never a DynamoDB attribute).
+STEP = "_state"
+
+
+def _malformed() -> InvalidCampaign:
+    return InvalidCampaign([{"field": "next", "error": "malformed pagination token"}])
 
 
 def encode_token(last_key: dict[str, Any] | None) -> str | None:
@@ -22,17 +40,75 @@ def encode_token(last_key: dict[str, Any] | None) -> str | None:
 
 
 def decode_token(token: str | None) -> dict[str, Any] | None:
-    """The key to resume after; a malformed token is a 400 naming ``next``."""
+    """The JSON object a token carries; a malformed token is a 400 naming ``next``."""
     if not token:
         return None
     try:
         padded = token + "=" * (-len(token) % 4)
         value = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise InvalidCampaign([{"field": "next", "error": "malformed pagination token"}]) from exc
+    except (binascii.Error, ValueError, UnicodeError, RecursionError) as exc:
+        raise _malformed() from exc
     if not isinstance(value, dict):
-        raise InvalidCampaign([{"field": "next", "error": "malformed pagination token"}])
+        raise _malformed()
     return value
+
+
+def key_string_fits(value: str, max_bytes: int = MAX_KEY_BYTES) -> bool:
+    """Whether ``value`` can be a DynamoDB key attribute: non-empty, UTF-8, within ``max_bytes``."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: not UTF-8, so DynamoDB refuses it
+        return False
+    return 0 < size <= max_bytes
+
+
+def _start_key(value: dict[str, Any], names: Collection[str], fixed: Mapping[str, str]) -> dict[str, Any]:
+    if set(value) != set(names):
+        raise _malformed()
+    for name, attribute in value.items():
+        if not isinstance(attribute, dict) or set(attribute) != {"S"}:
+            raise _malformed()
+        text = attribute["S"]
+        if not isinstance(text, str) or not key_string_fits(text):
+            raise _malformed()
+        if name in fixed and text != fixed[name]:
+            raise _malformed()  # another partition: never resume a query somewhere else
+    return value
+
+
+def decode_start_key(
+    token: str | None, names: Collection[str], fixed: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
+    """The ``ExclusiveStartKey`` a token names: exactly the string attributes ``names``.
+
+    Each attribute in ``fixed`` must hold that value (the partition the query reads).
+    """
+    value = decode_token(token)
+    if value is None:
+        return None
+    return _start_key(value, names, fixed or {})
+
+
+def decode_walk(
+    token: str | None, names: Collection[str], fixed: Mapping[str, str], steps: Sequence[str], step_attribute: str
+) -> tuple[int, dict[str, Any] | None]:
+    """Where a listing that walks ``steps`` in turn resumes: (step index, start key or None).
+
+    The token is ``{"_state": i}`` at the start of step ``i``, or a start key plus
+    ``_state`` in the middle of it; then the key's ``step_attribute`` must be step ``i``'s
+    value, since DynamoDB refuses a start key outside the query's key condition.
+    """
+    value = decode_token(token)
+    if value is None:
+        return 0, None
+    step = value.pop(STEP, None)
+    # bool is an int in Python; a token is JSON, where true is not a number.
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < len(steps):
+        raise _malformed()
+    if not value:
+        return step, None
+    key = _start_key(value, names, {**fixed, step_attribute: steps[step]})
+    return step, key
 
 
 def parse_limit(raw: str | None) -> int:

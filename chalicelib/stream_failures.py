@@ -37,7 +37,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chalicelib.clients import aws_client
 from chalicelib.errors import InvalidCampaign
-from chalicelib.pagination import decode_token, encode_token
+from chalicelib.pagination import decode_start_key, encode_token
 from chalicelib.settings import Settings
 from chalicelib.timeutil import now_iso
 
@@ -391,11 +391,10 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _start_key(next_token: str | None) -> dict[str, Any] | None:
-    key = decode_token(next_token)
+    key = decode_start_key(next_token, ("campaign_id", "bucket"), {"campaign_id": PARTITION})
     if key is None:
         return None
-    bucket = (key.get("bucket") or {}).get("S") if isinstance(key.get("bucket"), dict) else None
-    if key.get("campaign_id") != {"S": PARTITION} or not str(bucket or "").startswith(LISTING_PREFIX):
+    if not key["bucket"]["S"].startswith(LISTING_PREFIX):
         raise InvalidCampaign([{"field": "next", "error": "malformed pagination token"}])
     return key
 

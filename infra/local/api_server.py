@@ -1,13 +1,17 @@
 """Serves the Chalice app's REST API on a real HTTP port, authorizer included.
 
-Built on Chalice's own local gateway, with one gap filled: API Gateway answers
+Built on Chalice's own local gateway, with gaps filled: API Gateway answers
 401 when a TOKEN authorizer fails with "Unauthorized", while ``chalice local``
-lets that exception escape.
+lets that exception escape; and the errors API Gateway answers by itself (401,
+no such route or method) carry the bodies of infra/resources.yaml's gateway
+responses, as deployed, not ``chalice local``'s own.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from functools import lru_cache
 from typing import Any
 
 from chalice import Chalice
@@ -15,12 +19,34 @@ from chalice.config import Config
 from chalice.local import (
     ChaliceRequestHandler,
     CustomLocalChalice,
+    ForbiddenError,
     LocalChalice,
     LocalDevServer,
     LocalGatewayAuthorizer,
     LocalGatewayException,
     NotAuthorizedError,
 )
+
+from infra.deploy.gateway import gateway_responses
+from infra.local.template import Template
+
+
+@lru_cache(maxsize=1)
+def _gateway_answers() -> dict[str, tuple[int, bytes]]:
+    """Response type → (status, JSON body) of the template's gateway responses."""
+    out = {}
+    for name, response in gateway_responses(Template.load("mailpipe")).items():
+        body = response.templates.get("application/json")
+        if response.status_code and body:
+            out[name] = (int(response.status_code), json.dumps(json.loads(body)).encode())
+    return out
+
+
+def _as_deployed(response_type: str, headers: dict[str, str]) -> LocalGatewayException:
+    status, body = _gateway_answers()[response_type]
+    error = LocalGatewayException({**headers, "Content-Type": "application/json"}, body)
+    error.CODE = status
+    return error
 
 
 class _ApiGatewayAuthorizer(LocalGatewayAuthorizer):
@@ -32,7 +58,7 @@ class _ApiGatewayAuthorizer(LocalGatewayAuthorizer):
         except Exception as exc:  # noqa: BLE001 - the authorizer's failure becomes API Gateway's answer
             headers = {"x-amzn-RequestId": lambda_context.aws_request_id, "x-amzn-ErrorType": "UnauthorizedException"}
             if str(exc) == "Unauthorized":
-                raise NotAuthorizedError(headers, b'{"message":"Unauthorized"}') from exc
+                raise _as_deployed("UNAUTHORIZED", headers) from exc
             headers["x-amzn-ErrorType"] = "AuthorizerConfigurationException"
             error = LocalGatewayException(headers, b'{"message":null}')
             error.CODE = 500
@@ -49,10 +75,37 @@ class _RequestHandler(ChaliceRequestHandler):
 
     def _generic_handle(self) -> None:
         self.local_gateway._authorizer = _ApiGatewayAuthorizer(self._app_object_for_auth)
-        super()._generic_handle()
+        headers, body = self._parse_payload()
+        try:
+            response = self.local_gateway.handle_request(
+                method=self.command, path=self.path, headers=headers, body=body
+            )
+        except NotAuthorizedError as exc:  # no Authorization header at all
+            self._send_error_response(_as_deployed("UNAUTHORIZED", exc.headers))
+            return
+        except ForbiddenError as exc:  # no route has this path
+            self._send_error_response(_as_deployed("MISSING_AUTHENTICATION_TOKEN", exc.headers))
+            return
+        except LocalGatewayException as exc:
+            self._send_error_response(exc)
+            return
+        if response["statusCode"] == 405:
+            # REST APIs have no 405: a method no route declares is the same gateway
+            # answer as an unknown path (Chalice's own 405 never reaches a client).
+            self._send_error_response(_as_deployed("MISSING_AUTHENTICATION_TOKEN", {}))
+            return
+        out_headers = {**response["headers"], **response["multiValueHeaders"]}
+        self._send_http_response(response["statusCode"], out_headers, self._handle_binary(response)["body"])
 
     # The base class binds every verb to its own _generic_handle; rebind to ours.
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _generic_handle
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other verb (TRACE, QUERY, …) would get http.server's HTML 501; API
+        # Gateway answers it like an unknown route, so route it through the gateway too.
+        if name.startswith("do_"):
+            return self._generic_handle
+        raise AttributeError(name)
 
 
 class ApiServer:

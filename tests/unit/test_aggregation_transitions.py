@@ -2,7 +2,7 @@
 
 The fixture tests/events/recipients_stream_batch.json is one batch as Lambda hands it to
 ``aggregate_recipients``: two campaigns, inserts, claims, a sent and a deferred outcome, an
-update that does not move the status, and a removal.
+update that does not move the status, and a removal (which counts as nothing).
 """
 
 from __future__ import annotations
@@ -74,8 +74,7 @@ def test_transitions_from_the_batch(records: list[dict[str, Any]]) -> None:
         Transition(C1, seq[5], "sending", "deferred", at[5]),
         Transition(C2, seq[6], None, "pending", at[6]),
         Transition(C1, seq[7], "sent", "sent", at[7]),
-        Transition(C2, seq[8], "pending", None, at[8]),
-    ]
+    ]  # the last record, a REMOVE, is no transition
 
 
 def test_net_counts_of_the_batch(records: list[dict[str, Any]]) -> None:
@@ -87,16 +86,16 @@ def test_net_counts_of_the_batch(records: list[dict[str, Any]]) -> None:
             net[t.campaign_id][t.new] += 1
 
     assert +net[C1] == Counter({"sent": 1, "deferred": 1})
-    assert +net[C2] == Counter()
+    assert +net[C2] == Counter({"pending": 1})  # its INSERT; the later REMOVE takes nothing away
 
 
-def test_remove_has_no_new_status_even_with_a_new_image(records: list[dict[str, Any]]) -> None:
+def test_remove_records_are_not_transitions(records: list[dict[str, Any]]) -> None:
     removal = copy.deepcopy(records[-1])
-    removal["dynamodb"]["NewImage"] = {"status": {"S": "pending"}}
+    with_new_image = copy.deepcopy(removal)
+    with_new_image["dynamodb"]["NewImage"] = {"status": {"S": "pending"}}
 
-    (transition,) = transitions_from([removal])
-
-    assert (transition.old, transition.new) == ("pending", None)
+    assert removal["eventName"] == "REMOVE"
+    assert transitions_from([removal, with_new_image]) == []
 
 
 def test_sequence_order_survives_padding(records: list[dict[str, Any]]) -> None:

@@ -8,7 +8,15 @@ import json
 import pytest
 
 from chalicelib.errors import InvalidCampaign
-from chalicelib.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_token, encode_token, parse_limit
+from chalicelib.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    decode_start_key,
+    decode_token,
+    decode_walk,
+    encode_token,
+    parse_limit,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -106,3 +114,103 @@ def test_decoded_token_is_plain_json() -> None:
 
     assert token is not None
     assert json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))) == {"campaign_id": {"S": "c"}}
+
+
+# Start keys: a token must name exactly the query's key, in the query's partition.
+
+RECIPIENT_KEY = ("campaign_id", "email")
+CAMPAIGN = "5f2b8c0e9d8a4b7c9e1f2a3b4c5d6e7f"
+STEPS = ["failed", "bounced", "suppressed"]
+WALK_KEY = ("campaign_id", "email", "status")
+
+
+def token_of(value: object) -> str:
+    return b64(json.dumps(value).encode())
+
+
+def test_start_key_round_trips() -> None:
+    key = {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "alice@example.com"}}
+
+    assert decode_start_key(encode_token(key), RECIPIENT_KEY, {"campaign_id": CAMPAIGN}) == key
+
+
+@pytest.mark.parametrize("token", [None, ""])
+def test_no_start_key_means_first_page(token: str | None) -> None:
+    assert decode_start_key(token, RECIPIENT_KEY, {"campaign_id": CAMPAIGN}) is None
+    assert decode_walk(token, WALK_KEY, {"campaign_id": CAMPAIGN}, STEPS, "status") == (0, None)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        {"campaign_id": {"S": CAMPAIGN}},  # an attribute missing
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "a@example.com"}, "extra": {"S": "x"}},
+        {"campaign_id": CAMPAIGN, "email": "a@example.com"},  # plain strings, not attribute values
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"N": "5"}},  # the wrong type
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": 5}},
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": None}},
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": ["a"]}},
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "a", "N": "1"}},
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": ""}},  # DynamoDB refuses empty keys
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "a" * 1025}},  # over the 1024-byte sort key limit
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "ü" * 513}},  # 1026 bytes in UTF-8
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "\ud800"}},  # a lone surrogate is not UTF-8
+        {"campaign_id": {"S": "another-campaign"}, "email": {"S": "a@example.com"}},  # another partition
+    ],
+)
+def test_start_key_of_the_wrong_shape_is_invalid_naming_next(value: dict) -> None:
+    with pytest.raises(InvalidCampaign) as info:
+        decode_start_key(token_of(value), RECIPIENT_KEY, {"campaign_id": CAMPAIGN})
+
+    assert info.value.errors == MALFORMED
+
+
+def test_start_key_at_the_byte_limit_is_accepted() -> None:
+    key = {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "a" * 1024}}
+
+    assert decode_start_key(token_of(key), RECIPIENT_KEY, {"campaign_id": CAMPAIGN}) == key
+
+
+def test_walk_resumes_at_the_start_of_a_step() -> None:
+    assert decode_walk(token_of({"_state": 2}), WALK_KEY, {"campaign_id": CAMPAIGN}, STEPS, "status") == (2, None)
+
+
+def test_walk_resumes_in_the_middle_of_a_step() -> None:
+    key = {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "a@example.com"}, "status": {"S": "bounced"}}
+
+    step, start = decode_walk(token_of({**key, "_state": 1}), WALK_KEY, {"campaign_id": CAMPAIGN}, STEPS, "status")
+
+    assert (step, start) == (1, key)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"_state": "x"},
+        {"_state": -5},
+        {"_state": 3},  # past the last step
+        {"_state": 1.0},
+        {"_state": True},
+        {"_state": None},
+        {"_state": [0]},
+        {"_state": 10**30},
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "a@example.com"}, "status": {"S": "failed"}},  # no step
+        # The key's status must be the step's: DynamoDB refuses a start key outside the key condition.
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "a@example.com"}, "status": {"S": "failed"}, "_state": 1},
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "a@example.com"}, "_state": 0},
+        {"campaign_id": {"S": "other"}, "email": {"S": "a@example.com"}, "status": {"S": "failed"}, "_state": 0},
+    ],
+)
+def test_walk_token_of_the_wrong_shape_is_invalid_naming_next(value: dict) -> None:
+    with pytest.raises(InvalidCampaign) as info:
+        decode_walk(token_of(value), WALK_KEY, {"campaign_id": CAMPAIGN}, STEPS, "status")
+
+    assert info.value.errors == MALFORMED
+
+
+def test_a_token_nested_past_the_parsers_depth_is_invalid_naming_next() -> None:
+    with pytest.raises(InvalidCampaign) as info:
+        decode_token(b64(b"[" * 100_000 + b"]" * 100_000))
+
+    assert info.value.errors == MALFORMED

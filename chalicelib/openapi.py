@@ -1,0 +1,356 @@
+"""The OpenAPI 3 document of the REST API, served at ``GET /openapi.json``.
+
+Every route of app.py is one entry of ``OPERATIONS``; a unit test holds the two
+to the same set of (method, path), so a route added without its entry fails CI.
+Schemas describe what the routes answer today, error shape included
+(chalicelib/api.py, and the gateway responses of infra/resources.yaml, which
+use the same ``{"error", "message"}`` body).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from chalicelib.auth import ADMIN, READ, WRITE
+from chalicelib.models import (
+    CAMPAIGN_SENDING,
+    COMPLETED,
+    COMPLETED_WITH_FAILURES,
+    PAUSED,
+    QUEUED,
+    RECIPIENT_STATES,
+)
+from chalicelib.pagination import DEFAULT_LIMIT, MAX_KEY_BYTES, MAX_LIMIT
+from chalicelib.validation import MAX_NAME, MAX_SUBJECT
+
+OPENAPI_VERSION = "3.0.3"
+CAMPAIGN_STATES = [QUEUED, CAMPAIGN_SENDING, PAUSED, COMPLETED, COMPLETED_WITH_FAILURES]
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to a component schema."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or null (OpenAPI 3.0 spelling)."""
+    return {**schema, "nullable": True}
+
+
+STRING = {"type": "string"}
+INTEGER = {"type": "integer"}
+COUNT = {"type": "integer", "minimum": 0}
+TIMESTAMP = {"type": "string", "description": "ISO 8601, UTC"}
+NEXT_TOKEN = nullable({"type": "string", "description": "Pass as ?next= for the following page; null on the last."})
+
+
+def obj(properties: dict[str, Any], required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """An object schema; every listed property is required unless ``required`` says otherwise."""
+    wanted = list(properties) if required is None else required
+    schema: dict[str, Any] = {"type": "object", "properties": properties, **extra}
+    if wanted:  # OpenAPI 3.0 refuses an empty ``required``
+        schema["required"] = wanted
+    return schema
+
+
+COUNTS = obj({state: COUNT for state in RECIPIENT_STATES})
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Error": obj(
+        {
+            "error": {"type": "string", "description": "A fixed code: invalid_request, unauthorized, forbidden, …"},
+            "message": nullable(STRING),
+            "errors": {"type": "array", "items": ref("FieldError")},
+        },
+        required=["error"],
+    ),
+    "FieldError": obj(
+        {
+            "field": {"type": "string", "description": "The bad field (body, next, limit, tenant, campaign_id, …)"},
+            "row": {"type": "integer", "minimum": 0, "description": "The bad recipient's index in the request"},
+            "email": nullable(STRING),
+            "error": STRING,
+        },
+        required=["error"],
+    ),
+    "Recipient": {
+        "oneOf": [
+            {"type": "string", "description": "An address alone"},
+            obj({"email": STRING, "vars": {"type": "object"}}, required=["email"]),
+        ]
+    },
+    "Alerts": obj(
+        {
+            "bounce_rate": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
+            "failure_rate": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1},
+            "min_sends": {"type": "integer", "minimum": 1},
+        },
+        required=[],
+        additionalProperties=False,
+    ),
+    "CampaignRequest": obj(
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME},
+            "from": {"type": "string", "description": "One mailbox, e.g. News <news@example.com>"},
+            "reply_to": STRING,
+            "subject": {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT, "description": "A template"},
+            "text": {"type": "string", "description": "A template; text or html is required"},
+            "html": {"type": "string", "description": "A template"},
+            "recipients": {"type": "array", "minItems": 1, "items": ref("Recipient")},
+            "alerts": ref("Alerts"),
+        },
+        required=["name", "from", "subject", "recipients"],
+    ),
+    "CampaignCreated": obj(
+        {
+            "campaign_id": STRING,
+            "status": {"type": "string", "enum": CAMPAIGN_STATES},
+            "queued": COUNT,
+            "suppressed": COUNT,
+            "duplicates_dropped": COUNT,
+            "total": COUNT,
+        }
+    ),
+    "Campaign": obj(
+        {
+            "campaign_id": STRING,
+            "name": STRING,
+            "from": STRING,
+            "subject": STRING,
+            "status": {"type": "string", "enum": CAMPAIGN_STATES},
+            "total": COUNT,
+            "duplicates_dropped": COUNT,
+            "counts": COUNTS,
+            "created_at": TIMESTAMP,
+            "updated_at": nullable(TIMESTAMP),
+        }
+    ),
+    "CampaignPage": obj(
+        {
+            "campaigns": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "campaign_id": STRING,
+                        "name": STRING,
+                        "status": {"type": "string", "enum": CAMPAIGN_STATES},
+                        "total": COUNT,
+                        "created_at": TIMESTAMP,
+                    }
+                ),
+            },
+            "next": NEXT_TOKEN,
+        }
+    ),
+    "RecipientState": obj(
+        {
+            "email": STRING,
+            "status": {"type": "string", "enum": list(RECIPIENT_STATES)},
+            "attempts": COUNT,
+            "last_code": nullable(INTEGER),
+            "last_reply": nullable(STRING),
+            "message_id": nullable(STRING),
+            "created_at": nullable(TIMESTAMP),
+            "updated_at": nullable(TIMESTAMP),
+            "history": {
+                "type": "array",
+                "items": obj({"at": STRING, "status": STRING, "reply": nullable(STRING)}),
+            },
+        }
+    ),
+    "RecipientPage": obj({"recipients": {"type": "array", "items": ref("RecipientState")}, "next": NEXT_TOKEN}),
+    "Minute": obj({"minute": STRING}, additionalProperties=COUNT),
+    "Stats": obj(
+        {
+            "type": {"type": "string", "enum": ["stats"]},
+            "campaign_id": STRING,
+            "status": {"type": "string", "enum": CAMPAIGN_STATES},
+            "total": COUNT,
+            "counts": COUNTS,
+            "rates": {"type": "object", "additionalProperties": {"type": "number"}},
+            "minute": nullable(ref("Minute")),
+            "updated_at": nullable(STRING),
+            "series": {"type": "array", "items": ref("Minute")},
+            "alerts": {"type": "array", "items": STRING},
+            "paused_reason": nullable(STRING),
+            "engagement": {"type": "object", "additionalProperties": COUNT},
+        }
+    ),
+    "Paused": obj({"campaign_id": STRING, "status": {"type": "string", "enum": ["paused"]}}),
+    "Resumed": obj({"campaign_id": STRING, "status": {"type": "string", "enum": ["sending"]}, "requeued": COUNT}),
+    "Requeued": obj({"campaign_id": STRING, "requeued": COUNT}),
+    "DeadLetters": obj(
+        {"count": COUNT},
+        required=[],
+        description="The caller's dead-lettered jobs (admin scope).",
+    ),
+    "Redriven": obj({"moved": COUNT}, required=["moved"], description="Dead-lettered jobs sent again."),
+    "StreamFailures": obj(
+        {"count": COUNT, "failures": {"type": "array", "items": {"type": "object"}}, "next": NEXT_TOKEN}
+    ),
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
+
+
+ERRORS = {
+    400: _error("A bad field, parameter, body or pagination token; ``errors`` names each"),
+    401: _error("No bearer token, or one that does not verify"),
+    403: _error("The token lacks the scope this route needs"),
+    404: _error("No such campaign for this tenant"),
+    409: _error("The campaign's state does not allow this"),
+    413: _error("The body or the recipient list is over the limit"),
+}
+
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+}
+NEXT = {"name": "next", "in": "query", "required": False, "schema": {"type": "string"}}
+STATUS = {
+    "name": "status",
+    "in": "query",
+    "required": False,
+    "description": "Comma-separated recipient states: " + ", ".join(RECIPIENT_STATES),
+    "schema": {"type": "string"},
+}
+CAMPAIGN_ID = {
+    "name": "campaign_id",
+    "in": "path",
+    "required": True,
+    "description": f"As POST /campaigns returned it (at most {MAX_KEY_BYTES} bytes)",
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route: what it is for, what it takes, what it answers."""
+
+    summary: str
+    ok: tuple[int, str]  # status, schema name (or "html")
+    scope: str | None = None  # None: no authorizer
+    parameters: tuple[dict[str, Any], ...] = ()
+    body: str | None = None  # request schema name
+    errors: tuple[int, ...] = ()  # beyond the 400/401/403 every authorized route can answer
+
+    def document(self, method: str, path: str) -> dict[str, Any]:
+        """The OpenAPI operation object."""
+        status, schema = self.ok
+        if schema == "html":
+            content = {"text/html": {"schema": STRING}}
+        else:
+            content = {"application/json": {"schema": ref(schema)}}
+        responses: dict[str, Any] = {str(status): {"description": self.summary, "content": content}}
+        codes = ((400, 401, 403) if self.scope else ()) + self.errors
+        for code in sorted(set(codes)):
+            responses[str(code)] = ERRORS[code]
+        name = path.strip("/").replace("/", "_").replace("{", "").replace("}", "").replace(".", "_")
+        operation: dict[str, Any] = {
+            "operationId": f"{method.lower()}_{name or 'root'}",
+            "summary": self.summary,
+            "responses": responses,
+        }
+        if self.scope:
+            operation["description"] = f"Needs the {self.scope} scope."
+        else:
+            operation["security"] = []
+        path_parameters = tuple(CAMPAIGN_ID for name in ("{campaign_id}",) if name in path)
+        if path_parameters or self.parameters:
+            operation["parameters"] = list(path_parameters + self.parameters)
+        if self.body:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(self.body)}},
+            }
+        return operation
+
+
+CAMPAIGN_ERRORS = (404,)
+
+# (method, path) → operation: one entry per route of app.py.
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("POST", "/campaigns"): Operation(
+        "Create a campaign and queue its recipients",
+        (202, "CampaignCreated"),
+        WRITE,
+        body="CampaignRequest",
+        errors=(413,),
+    ),
+    ("GET", "/campaigns"): Operation(
+        "The caller's campaigns, newest first", (200, "CampaignPage"), READ, (LIMIT, NEXT)
+    ),
+    ("GET", "/campaigns/{campaign_id}"): Operation(
+        "One campaign with its per-state counts", (200, "Campaign"), READ, errors=CAMPAIGN_ERRORS
+    ),
+    ("GET", "/campaigns/{campaign_id}/recipients"): Operation(
+        "A page of recipients, optionally in some states",
+        (200, "RecipientPage"),
+        READ,
+        (STATUS, LIMIT, NEXT),
+        errors=CAMPAIGN_ERRORS,
+    ),
+    ("GET", "/campaigns/{campaign_id}/failures"): Operation(
+        "A page of failed, bounced and suppressed recipients",
+        (200, "RecipientPage"),
+        READ,
+        (LIMIT, NEXT),
+        errors=CAMPAIGN_ERRORS,
+    ),
+    ("POST", "/campaigns/{campaign_id}/retry"): Operation(
+        "Queue the failed recipients again", (202, "Requeued"), WRITE, errors=CAMPAIGN_ERRORS + (409,)
+    ),
+    ("GET", "/campaigns/{campaign_id}/stats"): Operation(
+        "Live figures, the per-minute series and alerts", (200, "Stats"), READ, errors=CAMPAIGN_ERRORS
+    ),
+    ("POST", "/campaigns/{campaign_id}/pause"): Operation(
+        "Stop releasing and sending (within CAMPAIGN_CACHE_S)", (200, "Paused"), WRITE, errors=CAMPAIGN_ERRORS + (409,)
+    ),
+    ("POST", "/campaigns/{campaign_id}/resume"): Operation(
+        "Send the open recipients again", (200, "Resumed"), WRITE, errors=CAMPAIGN_ERRORS + (409,)
+    ),
+    ("GET", "/dlq"): Operation("The caller's dead-lettered jobs", (200, "DeadLetters"), ADMIN, (LIMIT,)),
+    ("POST", "/dlq/redrive"): Operation("Send the caller's dead-lettered jobs again", (202, "Redriven"), ADMIN),
+    ("GET", "/stream-failures"): Operation(
+        "Stream batches the aggregators gave up on, newest first", (200, "StreamFailures"), ADMIN, (LIMIT, NEXT)
+    ),
+    ("GET", "/"): Operation("The live dashboard", (200, "html")),
+    ("GET", "/dashboard"): Operation("The live dashboard", (200, "html")),
+    ("GET", "/openapi.json"): Operation("This document", (200, "OpenApi")),
+}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    """The whole OpenAPI 3 document (built once per warm container)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for (method, path), operation in OPERATIONS.items():
+        paths.setdefault(path, {})[method.lower()] = operation.document(method, path)
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "mailpipe",
+            "version": "1",
+            "description": "Email campaigns over an authenticated REST API. Every error is "
+            '{"error": code, "message"?: text, "errors"?: [{"field" or "row", "error"}]}.',
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {**SCHEMAS, "OpenApi": {"type": "object", "required": ["openapi", "paths"]}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A token whose claims name the tenant and its scopes",
+                }
+            },
+        },
+        "security": [{"bearer": []}],
+    }
