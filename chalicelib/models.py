@@ -184,7 +184,19 @@ class Suppression(Model):
     campaign_id = UnicodeAttribute(null=True)
 
 
-ALL_MODELS: tuple[type[Model], ...] = (Campaign, Recipient, Stats, Event, Connection, Suppression)
+class SenderDomains(Model):
+    """The sender domains an operator verified for one tenant: a campaign's From must be on one."""
+
+    class Meta:
+        table_name = "sender-domains"
+
+    tenant = UnicodeAttribute(hash_key=True)
+    domains = UnicodeSetAttribute(null=True)  # DynamoDB has no empty set: none registered is no attribute
+    updated_at = UnicodeAttribute()
+    updated_by = UnicodeAttribute(null=True)
+
+
+ALL_MODELS: tuple[type[Model], ...] = (Campaign, Recipient, Stats, Event, Connection, Suppression, SenderDomains)
 _LOGICAL_NAMES = {
     Campaign: "campaigns",
     Recipient: "recipients",
@@ -192,6 +204,7 @@ _LOGICAL_NAMES = {
     Event: "events",
     Connection: "connections",
     Suppression: "suppressions",
+    SenderDomains: "sender-domains",
 }
 
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.unit
 
 REGION, ACCOUNT, STAGE = "eu-west-1", "111122223333", "dev"
 API_ID = "a1b2c3d4e5"
-TABLES = ("Campaigns", "Recipients", "Events", "Stats", "Connections", "Suppressions")
+TABLES = ("Campaigns", "Recipients", "Events", "Stats", "Connections", "Suppressions", "SenderDomains", "Idempotency")
 QUEUES = {
     "ReleaseQueue": "release",
     "ReleaseDeadLetterQueue": "release-dlq",
@@ -41,10 +41,14 @@ QUEUES = {
 }
 
 
+def _kebab(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()  # SenderDomains -> sender-domains
+
+
 def stack_arns(stage: str) -> tuple[dict[str, str], dict[str, str]]:
     """ARNs of one stage's resources stack, named as infra/resources.yaml names them."""
     prefix = f"mailpipe-{stage}"
-    arns = {f"{t}Table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{prefix}-{t.lower()}" for t in TABLES} | {
+    arns = {f"{t}Table": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{prefix}-{_kebab(t)}" for t in TABLES} | {
         logical: f"arn:aws:sqs:{REGION}:{ACCOUNT}:{prefix}-{name}" for logical, name in QUEUES.items()
     }
     arns["AlertsTopic"] = f"arn:aws:sns:{REGION}:{ACCOUNT}:{prefix}-alerts"

@@ -34,6 +34,8 @@ def test_table_names_substitute_the_stack_name(template: Template) -> None:
         "StatsTable": f"{STACK}-stats",
         "ConnectionsTable": f"{STACK}-connections",
         "SuppressionsTable": f"{STACK}-suppressions",
+        "SenderDomainsTable": f"{STACK}-sender-domains",
+        "IdempotencyTable": f"{STACK}-idempotency",
     }
 
 
@@ -42,7 +44,8 @@ def test_table_names_match_what_settings_derive_from_the_stack_prefix(template: 
     settings = Settings(table_prefix=template.resolve({"Ref": "AWS::StackName"}))
     names = {template.resolve(p["TableName"]) for p in template.of_type("AWS::DynamoDB::Table").values()}
 
-    for short in ("campaigns", "recipients", "events", "stats", "connections", "suppressions"):
+    shorts = ("campaigns", "recipients", "events", "stats", "connections", "suppressions", "sender-domains")
+    for short in (*shorts, "idempotency"):
         assert settings.table_name(short) in names
 
 
