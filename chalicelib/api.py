@@ -28,7 +28,7 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 def json_response(status: int, body: Any) -> Response:
     """A JSON response with the given status."""
-    return Response(body=json.dumps(body, default=str), status_code=status, headers=JSON_HEADERS)
+    return Response(body=json.dumps(body, default=str), status_code=status, headers=dict(JSON_HEADERS))
 
 
 def principal_from(request: Any) -> Principal:
