@@ -141,7 +141,7 @@ def check_sizes(campaign: Campaign, recipients: list[Recipient], request: Campai
         # A bound that is cheap to take: up to 4 UTF-8 bytes per character of the address,
         # the vars as stored (ASCII: their JSON escapes every other character), and well
         # over what the other attributes take. Only a row over it is sized exactly.
-        stored_vars = json_attribute(recipient.vars) if recipient.vars is not None else ""
+        stored_vars = json_attribute(row.vars) if row.vars else ""  # the row's, not the model's: no descriptor
         if 4 * len(row.email) + len(stored_vars) + _RECIPIENT_OTHER_BYTES <= MAX_ITEM_BYTES - RECIPIENT_GROWTH_BYTES:
             continue
         oversize = check_item(_attributes(recipient), RECIPIENT_GROWTH_BYTES)
