@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import pytest
 
+from chalicelib.campaigns import check_sizes
+from chalicelib.errors import InvalidCampaign
 from chalicelib.item_size import (
     MAX_ITEM_BYTES,
     RECIPIENT_GROWTH_BYTES,
@@ -15,7 +17,9 @@ from chalicelib.item_size import (
     number_size,
     value_size,
 )
+from chalicelib.models import Campaign, Recipient
 from chalicelib.recipients import MAX_HISTORY_REPLY, MAX_REPLY
+from chalicelib.validation import CampaignRequest, RecipientRow
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +79,53 @@ def test_the_recipient_margin_covers_a_full_history_and_reply() -> None:
     reply = len("last_reply") + 4 * MAX_REPLY
     assert RECIPIENT_GROWTH_BYTES >= reply + 3 + len("history") + 40 * history_entry
     assert RECIPIENT_GROWTH_BYTES < MAX_ITEM_BYTES // 4  # and still leaves most of the item to the vars
+
+
+def _request(rows: tuple[RecipientRow, ...], html: str | None = None) -> CampaignRequest:
+    return CampaignRequest(
+        name="n",
+        from_addr="a@example.com",
+        subject="s",
+        text="t",
+        html=html,
+        reply_to=None,
+        recipients=rows,
+        duplicates_dropped=0,
+    )
+
+
+def _models(request: CampaignRequest) -> tuple[Campaign, list[Recipient]]:
+    campaign = Campaign(
+        "c" * 32,
+        tenant="acme",
+        name=request.name,
+        from_addr=request.from_addr,
+        subject=request.subject,
+        text=request.text,
+        html=request.html,
+        created_at="2026-11-28T12:00:00+00:00",
+    )
+    recipients = [
+        Recipient("c" * 32, r.email, vars=r.vars or None, status="pending", attempts=0) for r in request.recipients
+    ]
+    return campaign, recipients
+
+
+def test_creation_names_each_row_whose_item_would_be_too_large_as_stored() -> None:
+    # 32,000 emoji are 128,000 bytes of UTF-8 in the request, but 384,000 as pynamodb stores them (\\ud83d\\ude00).
+    rows = (
+        RecipientRow("a@example.org", {"x": "ok"}, row=0),
+        RecipientRow("b@example.org", {"x": "\N{GRINNING FACE}" * 32_000}, row=3),
+        RecipientRow("c@example.org", {"x": "y" * 100_000}, row=4),
+    )
+    request = _request(rows)
+    with pytest.raises(InvalidCampaign) as refused:
+        check_sizes(*_models(request), request)
+    assert [(e["row"], e["email"]) for e in refused.value.errors] == [(3, "b@example.org")]
+
+
+def test_creation_names_the_body_field_that_makes_the_campaign_too_large() -> None:
+    request = _request((RecipientRow("a@example.org", row=0),), html="<p>" + "x" * 500_000)
+    with pytest.raises(InvalidCampaign) as refused:
+        check_sizes(*_models(request), request)
+    assert [e["field"] for e in refused.value.errors] == ["html"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from chalicelib.errors import InvalidCampaign
 from chalicelib.idempotency import HEADER, parse_key
 from chalicelib.sender_domains import covers, parse_domains, validate_tenant
+from chalicelib.settings import Settings
 
 pytestmark = pytest.mark.unit
 
@@ -63,3 +67,12 @@ def test_idempotency_keys_are_short_printable_ascii() -> None:
         with pytest.raises(InvalidCampaign) as refused:
             parse_key(bad)
         assert refused.value.errors[0]["field"] == HEADER
+
+
+def test_sender_domains_are_required_in_every_stage_but_the_local_one() -> None:
+    # Reading .chalice/config.json is this test's only I/O: what each stage's functions are given.
+    config = json.loads((Path(__file__).parents[2] / ".chalice" / "config.json").read_text())
+    assert Settings().require_sender_domains is True
+    for stage, required in (("local", False), ("dev", True), ("prod", True)):
+        env = {**config["environment_variables"], **config["stages"][stage]["environment_variables"]}
+        assert Settings.from_env(env).require_sender_domains is required, stage
