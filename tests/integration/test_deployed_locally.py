@@ -273,13 +273,15 @@ def test_what_the_emulators_cloudformation_dropped_was_set_after_the_stack(deplo
     tables = [t for t in ddb.list_tables()["TableNames"] if t.startswith(PREFIX)]
     (topic,) = [t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f"{PREFIX}-alerts")]
 
-    assert len(tables) == 6
+    assert len(tables) == 8
     for table in tables:
         backups = ddb.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]
         assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED", table
         assert ddb.describe_table(TableName=table)["Table"]["DeletionProtectionEnabled"] is True, table
     ttl = ddb.describe_time_to_live(TableName=f"{PREFIX}-connections")["TimeToLiveDescription"]
     assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}
+    ttl = ddb.describe_time_to_live(TableName=f"{PREFIX}-idempotency")["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expiration"}
     assert sns.get_topic_attributes(TopicArn=topic)["Attributes"]["KmsMasterKeyId"] == "alias/aws/sns"
 
 
