@@ -102,6 +102,17 @@ def list_stream_failures() -> Any:
     return api.list_stream_failures(app.current_request, wiring.settings())
 
 
+@app.route("/tenants/{tenant}/sender-domains", methods=["GET"], authorizer=token_authorizer, cors=True)
+def get_sender_domains(tenant: str) -> Any:
+    wiring.settings()
+    return api.get_sender_domains(app.current_request, tenant)
+
+
+@app.route("/tenants/{tenant}/sender-domains", methods=["PUT"], authorizer=token_authorizer, cors=True)
+def put_sender_domains(tenant: str) -> Any:
+    return api.put_sender_domains(app.current_request, tenant, wiring.settings())
+
+
 @app.route("/campaigns/{campaign_id}/stats", methods=["GET"], authorizer=token_authorizer, cors=True)
 def campaign_stats(campaign_id: str) -> Any:
     return api.live_stats(app.current_request, campaign_id, wiring.settings())

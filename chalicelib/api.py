@@ -14,7 +14,7 @@ from typing import Any
 
 from chalice import Response
 
-from chalicelib import campaigns, dead_letters, realtime, stream_failures
+from chalicelib import campaigns, dead_letters, idempotency, realtime, sender_domains, stream_failures
 from chalicelib.auth import ADMIN, READ, WRITE, Principal
 from chalicelib.dashboard_page import dashboard_page
 from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, PayloadTooLarge, Unauthorized
@@ -30,7 +30,7 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 def json_response(status: int, body: Any) -> Response:
     """A JSON response with the given status."""
-    return Response(body=json.dumps(body, default=str), status_code=status, headers=JSON_HEADERS)
+    return Response(body=json.dumps(body, default=str), status_code=status, headers=dict(JSON_HEADERS))
 
 
 def principal_from(request: Any) -> Principal:
@@ -58,14 +58,20 @@ def check_key_fields(request: Any, principal: Principal) -> None:
         raise InvalidCampaign(errors)
 
 
-def respond(request: Any, scope: str, action: Callable[[Principal], tuple[int, Any]]) -> Response:
-    """Run ``action`` for the authorized caller and turn the outcome into a response."""
+def respond(request: Any, scope: str, action: Callable[[Principal], tuple[Any, ...]]) -> Response:
+    """Run ``action`` for the authorized caller and turn the outcome into a response.
+
+    ``action`` returns ``(status, body)``, or ``(status, body, headers)`` to add headers.
+    """
     try:
         principal = principal_from(request)
         check_key_fields(request, principal)
         principal.require(scope)
-        status, body = action(principal)
-        return json_response(status, body)
+        status, body, *extra = action(principal)
+        response = json_response(status, body)
+        if extra:
+            response.headers.update(extra[0])
+        return response
     except InvalidCampaign as exc:
         return json_response(400, {"error": "invalid_request", "errors": exc.errors})
     except PayloadTooLarge as exc:
@@ -105,15 +111,47 @@ def query(request: Any, name: str) -> str | None:
 
 
 def create_campaign(request: Any, settings: Settings) -> Response:
-    """POST /campaigns."""
+    """POST /campaigns; with an ``Idempotency-Key`` header, once per key and tenant (chalicelib/idempotency.py)."""
 
-    def action(p: Principal) -> tuple[int, Any]:
-        parsed = parse_campaign_request(
-            json_body(request, settings), settings.max_recipients, settings.allow_special_use_domains
-        )
-        return 202, campaigns.create_campaign(p, parsed, settings)
+    def action(p: Principal) -> tuple[Any, ...]:
+        key = idempotency.parse_key((request.headers or {}).get(idempotency.HEADER))
+        body = json_body(request, settings)  # too big or not JSON: answered before any key is recorded
+
+        def create() -> dict[str, Any]:
+            parsed = parse_campaign_request(body, settings.max_recipients, settings.allow_special_use_domains)
+            return campaigns.create_campaign(p, parsed, settings)
+
+        if key is None:
+            return 202, create()
+        try:
+            answer, replayed = idempotency.run_once(
+                p.tenant, key, request.raw_body or b"", create, settings, request.lambda_context
+            )
+        except idempotency.IdempotencyValidationError:
+            message = f"this {idempotency.HEADER} was used with a different request body"
+            return 422, {"error": "idempotency_key_reused", "message": message}
+        except idempotency.IdempotencyAlreadyInProgressError:
+            message = f"a request with this {idempotency.HEADER} is still being processed; retry it"
+            return 409, {"error": "conflict", "message": message}, {"Retry-After": "1"}
+        return 202, answer, {"Idempotent-Replayed": "true"} if replayed else {}
 
     return respond(request, WRITE, action)
+
+
+def get_sender_domains(request: Any, tenant: str) -> Response:
+    """GET /tenants/{tenant}/sender-domains (admin)."""
+    return respond(request, ADMIN, lambda p: (200, sender_domains.describe(sender_domains.validate_tenant(tenant))))
+
+
+def put_sender_domains(request: Any, tenant: str, settings: Settings) -> Response:
+    """PUT /tenants/{tenant}/sender-domains (admin): replace the tenant's verified sender domains."""
+
+    def action(p: Principal) -> tuple[int, Any]:
+        name = sender_domains.validate_tenant(tenant)
+        domains = sender_domains.parse_domains(json_body(request, settings), settings.allow_special_use_domains)
+        return 200, sender_domains.register(name, domains, by=p.subject or p.tenant)
+
+    return respond(request, ADMIN, action)
 
 
 def list_campaigns(request: Any) -> Response:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from pynamodb.attributes import JSONAttribute
 from pynamodb.exceptions import UpdateError
 
 from chalicelib import stats
 from chalicelib.auth import Principal
+from chalicelib.clients import aws_client
 from chalicelib.errors import Conflict, InvalidCampaign, NotFound
+from chalicelib.item_size import (
+    CAMPAIGN_GROWTH_BYTES,
+    MAX_ITEM_BYTES,
+    RECIPIENT_GROWTH_BYTES,
+    check_item,
+    json_attribute,
+)
 from chalicelib.live import stats_payload
 from chalicelib.models import (
     CAMPAIGN_CACHE_S,
@@ -31,14 +41,24 @@ from chalicelib.models import (
 from chalicelib.pagination import decode_start_key, decode_walk, encode_token
 from chalicelib.recipients import RecipientStore, parse_history
 from chalicelib.release import enqueue_release
+from chalicelib.sender_domains import check_sender
 from chalicelib.settings import Settings
 from chalicelib.suppressions import suppressed_among
 from chalicelib.timeutil import now_iso
-from chalicelib.validation import CampaignRequest
+from chalicelib.validation import MAX_ROW_ERRORS, CampaignRequest
+
+logger = logging.getLogger(__name__)
 
 
 def create_campaign(principal: Principal, request: CampaignRequest, settings: Settings) -> dict[str, Any]:
-    """Store a campaign and its recipients and queue their release; returns at once."""
+    """Store a campaign and its recipients and queue their release; returns at once.
+
+    All or nothing: every check runs before the first write (sender domain, item
+    sizes), the campaign item, the only thing a client can see, is written after
+    its totals row and recipients, and a failure at any step deletes what was
+    written (``_undo``) before the error goes on to become a 500.
+    """
+    check_sender(principal.tenant, request.from_addr, settings)
     campaign_id = uuid.uuid4().hex
     created = now_iso()
     emails = [row.email for row in request.recipients]
@@ -63,29 +83,35 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         created_at=created,
         updated_at=created,
     )
-    campaign.save()
-    # The totals row exists before any recipient does, so the aggregator can
-    # always tell when the last recipient became final.
-    stats.init_campaign(
-        campaign_id, principal.tenant, len(emails), settings, suppressed=len(suppressed), status=initial
-    )
-    with Recipient.batch_write() as batch:
-        for row in request.recipients:
-            status = SUPPRESSED if row.email in suppressed else PENDING
-            batch.save(
-                Recipient(
-                    campaign_id,
-                    row.email,
-                    vars=row.vars or None,
-                    status=status,
-                    attempts=0,
-                    created_at=created,
-                    updated_at=created,
-                    last_reply="address is on the suppression list" if status == SUPPRESSED else None,
-                )
-            )
+    recipients = [
+        Recipient(
+            campaign_id,
+            row.email,
+            vars=row.vars or None,
+            status=SUPPRESSED if row.email in suppressed else PENDING,
+            attempts=0,
+            created_at=created,
+            updated_at=created,
+            last_reply="address is on the suppression list" if row.email in suppressed else None,
+        )
+        for row in request.recipients
+    ]
+    check_sizes(campaign, recipients, request)
     to_send = [e for e in emails if e not in suppressed]
-    enqueue_release(campaign_id, to_send, settings)
+    try:
+        # The totals row exists before any recipient does, so the aggregator can
+        # always tell when the last recipient became final.
+        stats.init_campaign(
+            campaign_id, principal.tenant, len(emails), settings, suppressed=len(suppressed), status=initial
+        )
+        with Recipient.batch_write() as batch:
+            for recipient in recipients:
+                batch.save(recipient)
+        campaign.save()
+        enqueue_release(campaign_id, to_send, settings)
+    except Exception:
+        _undo(campaign_id, emails, settings)
+        raise
     return {
         "campaign_id": campaign_id,
         "status": initial,
@@ -94,6 +120,83 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         "duplicates_dropped": request.duplicates_dropped,
         "total": len(emails),
     }
+
+
+def check_sizes(campaign: Campaign, recipients: list[Recipient], request: CampaignRequest) -> None:
+    """Refuse, naming the field or row, any item DynamoDB could not store once sending has grown it."""
+    errors: list[dict[str, Any]] = []
+    oversize = check_item(_attributes(campaign), CAMPAIGN_GROWTH_BYTES)
+    if oversize:
+        names = {"from_addr": "from", "tenant": "tenant"}
+        for attribute, size in oversize.largest:
+            errors.append(
+                {
+                    "field": names.get(attribute, attribute),
+                    "error": f"the campaign would take {oversize.size} bytes as a DynamoDB item, over the "
+                    f"{oversize.budget} it may take (400 KB less room for what sending adds); "
+                    f"this field takes {size}",
+                }
+            )
+    reported = 0
+    for row, recipient in zip(request.recipients, recipients, strict=True):
+        # A bound that is cheap to take: up to 4 UTF-8 bytes per character of the address,
+        # the vars as stored (ASCII: their JSON escapes every other character), and well
+        # over what the other attributes take. Only a row over it is sized exactly.
+        stored_vars = json_attribute(row.vars) if row.vars else ""  # the row's, not the model's: no descriptor
+        if 4 * len(row.email) + len(stored_vars) + _RECIPIENT_OTHER_BYTES <= MAX_ITEM_BYTES - RECIPIENT_GROWTH_BYTES:
+            continue
+        oversize = check_item(_attributes(recipient), RECIPIENT_GROWTH_BYTES)
+        if oversize:
+            reported += 1
+            if reported <= MAX_ROW_ERRORS:
+                errors.append(
+                    {
+                        "row": row.row,
+                        "email": row.email,
+                        "error": f"this recipient would take {oversize.size} bytes as a DynamoDB item, over the "
+                        f"{oversize.budget} it may take (400 KB less room for what sending adds); "
+                        "its vars are too large",
+                    }
+                )
+    if errors:
+        raise InvalidCampaign(errors)
+
+
+# Everything of a new recipient but its address and vars: key, status, counters, timestamps, reply.
+_RECIPIENT_OTHER_BYTES = 512
+
+
+def _attributes(item: Campaign | Recipient) -> dict[str, Any]:
+    """An item's attributes as they will be written (JSON attributes as the strings they are stored as)."""
+    values: dict[str, Any] = {}
+    for name, attribute in item.get_attributes().items():
+        value = getattr(item, name)
+        if value is not None and isinstance(attribute, JSONAttribute):
+            value = json_attribute(value)
+        values[attribute.attr_name] = value
+    return values
+
+
+def _undo(campaign_id: str, emails: list[str], settings: Settings) -> None:
+    """Delete whatever a failed creation wrote; never hides the creation's own error.
+
+    The campaign goes first: a release chunk that SQS accepted before the failure
+    then finds no campaign and is dropped (release.py treats a missing campaign as
+    paused), so nothing of a failed creation is ever sent. Deleting an item that
+    was never written is a no-op, so the undo does not need to know how far the
+    creation got.
+    """
+    try:
+        Campaign(campaign_id).delete()
+        with Recipient.batch_write() as batch:
+            for email in emails:
+                batch.delete(Recipient(campaign_id, email))
+        aws_client("dynamodb", settings).delete_item(
+            TableName=settings.table_name("stats"),
+            Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": stats.TOTAL}},
+        )
+    except Exception:  # noqa: BLE001 - the creation's error is the one to report
+        logger.exception("could not undo the failed creation of campaign %s", campaign_id)
 
 
 def get_owned(principal: Principal, campaign_id: str) -> Campaign:

@@ -210,7 +210,28 @@ class DeadLetter(Model):
     expires_at = NumberAttribute(null=True)  # TTL (epoch seconds)
 
 
-ALL_MODELS: tuple[type[Model], ...] = (Campaign, Recipient, Stats, Event, Connection, Suppression, DeadLetter)
+class SenderDomains(Model):
+    """The sender domains an operator verified for one tenant: a campaign's From must be on one."""
+
+    class Meta:
+        table_name = "sender-domains"
+
+    tenant = UnicodeAttribute(hash_key=True)
+    domains = UnicodeSetAttribute(null=True)  # DynamoDB has no empty set: none registered is no attribute
+    updated_at = UnicodeAttribute()
+    updated_by = UnicodeAttribute(null=True)
+
+
+ALL_MODELS: tuple[type[Model], ...] = (
+    Campaign,
+    Recipient,
+    Stats,
+    Event,
+    Connection,
+    Suppression,
+    DeadLetter,
+    SenderDomains,
+)
 _LOGICAL_NAMES = {
     Campaign: "campaigns",
     Recipient: "recipients",
@@ -219,6 +240,7 @@ _LOGICAL_NAMES = {
     Connection: "connections",
     Suppression: "suppressions",
     DeadLetter: "dead-letters",
+    SenderDomains: "sender-domains",
 }
 
 

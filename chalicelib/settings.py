@@ -126,6 +126,12 @@ class Settings:
     # Accept recipient and sender addresses on .test and .local (a Mailu on a private
     # network); off in production, where no such address can be delivered.
     allow_special_use_domains: bool = False
+    # A campaign's From must be on one of its tenant's verified sender domains (PUT
+    # /tenants/{tenant}/sender-domains, admin). Off in the local stage: there the check only
+    # applies to a tenant that registered domains, so `make run` works out of the box.
+    require_sender_domains: bool = True
+    # How long an Idempotency-Key's answer to POST /campaigns is kept (and replayed).
+    idempotency_ttl_s: int = 86_400
 
     # Delivery reports mailbox: imaps://user:pass@host:993/INBOX or maildir:/path.
     report_mailbox_url: str = ""

@@ -90,14 +90,29 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
     # Every @app.route (chalicelib/api.py).
     API_HANDLER: (
         LOGS,
-        # create: PutItem; ownership checks: GetItem; pause, resume, retry, redrive: UpdateItem.
-        _on("table:CampaignsTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"),
+        # create: PutItem (DeleteItem undoes a failed one); ownership checks: GetItem;
+        # pause, resume, retry, redrive: UpdateItem.
+        _on(
+            "table:CampaignsTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"
+        ),
         _on("index:CampaignsTable", "dynamodb:Query"),  # GET /campaigns: the tenant index
-        # create: BatchWriteItem; /recipients: Query; retry, redrive: conditional reopen (UpdateItem).
+        # create: BatchWriteItem (puts; deletes undo a failed creation); /recipients: Query;
+        # retry, redrive: conditional reopen (UpdateItem).
         _on("table:RecipientsTable", "dynamodb:BatchWriteItem", "dynamodb:Query", "dynamodb:UpdateItem"),
         _on("index:RecipientsTable", "dynamodb:Query"),  # by status: /failures, retry, resume
-        # create: the totals row; GET campaign, /stats, /stream-failures: totals, series, listing.
-        _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"),
+        # create: the totals row (DeleteItem undoes a failed creation); GET campaign, /stats,
+        # /stream-failures: totals, series, listing.
+        _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"),
+        # create checks the From (GetItem); PUT and GET /tenants/{tenant}/sender-domains.
+        _on("table:SenderDomainsTable", "dynamodb:GetItem", "dynamodb:PutItem"),
+        # Idempotency-Key (Powertools): in-progress record put, read back, completed, or deleted when creation fails.
+        _on(
+            "table:IdempotencyTable",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+        ),
         _on("table:SuppressionsTable", "dynamodb:BatchGetItem"),  # create: who is suppressed
         _on("queue:ReleaseQueue", "sqs:SendMessage"),  # create, retry, resume, redrive: chunk jobs
         # GET /dlq: the tenant's partition (page and count); POST /dlq/redrive: each item claimed by a

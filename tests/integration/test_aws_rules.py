@@ -43,6 +43,8 @@ DEFAULTED_ON_PURPOSE = {
     "failure_rate_alert": "documented alert default, per campaign overridable",
     "jwt_jwks_timeout_s": "2 s",
     "allow_special_use_domains": "off outside the local stage",
+    "require_sender_domains": "on outside the local stage: every tenant needs a verified sender domain",
+    "idempotency_ttl_s": "24 h of replayable Idempotency-Key answers",
     "websocket_url": "only the REST handler (the dashboard) reads it; checked on its own",
     "jwt_secret": "RS256 in prod; a parameter for HS256 stages",
 }

@@ -266,6 +266,8 @@ def test_what_the_emulators_cloudformation_dropped_was_set_after_the_stack(deplo
     for short in ("connections", "dead-letters"):
         ttl = ddb.describe_time_to_live(TableName=f"{PREFIX}-{short}")["TimeToLiveDescription"]
         assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expires_at"}, short
+    ttl = ddb.describe_time_to_live(TableName=f"{PREFIX}-idempotency")["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": "expiration"}
     assert sns.get_topic_attributes(TopicArn=topic)["Attributes"]["KmsMasterKeyId"] == "alias/aws/sns"
 
 

@@ -67,6 +67,18 @@ pytestmark = pytest.mark.integration
 # Paths the session cannot count on reaching, and why. Anything granted that is
 # neither observed, nor used by the Lambda service itself, nor listed here fails the test.
 NOT_ALWAYS_REACHED: dict[tuple[str, str, str], str] = {
+    ("api_handler", "dynamodb:GetItem", "table:IdempotencyTable"): (
+        "Powertools reads a key's record only when its conditional PutItem failed without the old "
+        "item (ReturnValuesOnConditionCheckFailure); DynamoDB and the emulator return it"
+    ),
+    ("api_handler", "dynamodb:DeleteItem", "table:CampaignsTable"): (
+        "only a creation that fails after its first write is undone; "
+        "test_campaign_creation injects that failure (a missing release queue)"
+    ),
+    ("api_handler", "dynamodb:DeleteItem", "table:StatsTable"): (
+        "only a creation that fails after its first write is undone; "
+        "test_campaign_creation injects that failure (a missing release queue)"
+    ),
     ("send_mail", "dynamodb:GetItem", "table:RecipientsTable"): (
         "a job whose recipient is not claimable (claimed by a duplicate, or deferred and not yet due) "
         "reads its state; only timing decides whether a job arrives that early"
@@ -328,6 +340,11 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
     viewer = Viewer(runtime.ws_url + "/", token("iam"))
     relay.refusing = frozenset({"held", "poison"})
 
+    # The operator verifies the tenant's sender domain; every campaign below sends from it.
+    assert api.call("PUT", "/tenants/iam/sender-domains", {"domains": ["example.com"]})[0] == 200
+    assert api.call("GET", "/tenants/iam/sender-domains")[1]["domains"] == ["example.com"]
+    exercise_idempotency_key(api)
+
     # Two jobs that never get through: dead-lettered, recorded failed, parked for operators.
     doomed = api.create_campaign(2, prefix="poison")["campaign_id"]
 
@@ -423,6 +440,22 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
         lambda: not connections.scan(TableName=connections_table)["Items"], timeout_s=120
     )  # $disconnect forgot it all
     runtime.run_scheduled("read_delivery_reports")
+
+
+def exercise_idempotency_key(api: Api) -> None:
+    """POST /campaigns with an Idempotency-Key: refused (the key freed), created, replayed."""
+    key = {"Idempotency-Key": "iam-session-1"}
+    assert api.call("POST", "/campaigns", {"name": "no recipients"}, headers=key)[0] == 400
+    body = {
+        "name": "keyed",
+        "from": "News <news@example.com>",
+        "subject": "Hello",
+        "text": "Hi.",
+        "recipients": ["keyed0@example.org"],
+    }
+    status, created = api.call("POST", "/campaigns", body, headers=key)
+    assert status == 202, created
+    assert api.call("POST", "/campaigns", body, headers=key) == (202, created)
 
 
 def exercise_release_dead_letters(runtime: LocalRuntime, api: Api) -> None:

@@ -25,10 +25,12 @@ class Api:
         self.base_url = base_url
         self.bearer = bearer
 
-    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
-        """Returns (status, parsed JSON body or text)."""
+    def call(
+        self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """Returns (status, parsed JSON body or text); ``headers`` are sent besides the token's."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(headers or {})}
         if self.bearer is not None:
             headers["Authorization"] = f"Bearer {self.bearer}"
         request = urllib.request.Request(self.base_url + path, method=method, data=data, headers=headers)

@@ -30,7 +30,17 @@ pytestmark = pytest.mark.unit
 
 REGION, ACCOUNT, STAGE = "eu-west-1", "111122223333", "dev"
 API_ID = "a1b2c3d4e5"
-TABLES = ("Campaigns", "Recipients", "Events", "Stats", "Connections", "Suppressions", "DeadLetters")
+TABLES = (
+    "Campaigns",
+    "Recipients",
+    "Events",
+    "Stats",
+    "Connections",
+    "Suppressions",
+    "DeadLetters",
+    "SenderDomains",
+    "Idempotency",
+)
 QUEUES = {
     "ReleaseQueue": "release",
     "ReleaseDeadLetterQueue": "release-dlq",

@@ -35,6 +35,8 @@ def test_table_names_substitute_the_stack_name(template: Template) -> None:
         "ConnectionsTable": f"{STACK}-connections",
         "SuppressionsTable": f"{STACK}-suppressions",
         "DeadLettersTable": f"{STACK}-dead-letters",
+        "SenderDomainsTable": f"{STACK}-sender-domains",
+        "IdempotencyTable": f"{STACK}-idempotency",
     }
 
 
@@ -43,7 +45,8 @@ def test_table_names_match_what_settings_derive_from_the_stack_prefix(template: 
     settings = Settings(table_prefix=template.resolve({"Ref": "AWS::StackName"}))
     names = {template.resolve(p["TableName"]) for p in template.of_type("AWS::DynamoDB::Table").values()}
 
-    for short in ("campaigns", "recipients", "events", "stats", "connections", "suppressions", "dead-letters"):
+    shorts = ("campaigns", "recipients", "events", "stats", "connections", "suppressions", "dead-letters")
+    for short in (*shorts, "sender-domains", "idempotency"):
         assert settings.table_name(short) in names
 
 
