@@ -181,12 +181,42 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Paused": obj({"campaign_id": STRING, "status": {"type": "string", "enum": ["paused"]}}),
     "Resumed": obj({"campaign_id": STRING, "status": {"type": "string", "enum": ["sending"]}, "requeued": COUNT}),
     "Requeued": obj({"campaign_id": STRING, "requeued": COUNT}),
-    "DeadLetters": obj(
-        {"count": COUNT},
-        required=[],
-        description="The caller's dead-lettered jobs (admin scope).",
+    "DeadLetter": obj(
+        {
+            "campaign_id": STRING,
+            "email": STRING,
+            "source": {"type": "string", "enum": ["send", "release"]},
+            "reason": STRING,
+            "last_reply": nullable(STRING),
+            "attempts": COUNT,
+            "parked_at": TIMESTAMP,
+        }
     ),
-    "Redriven": obj({"moved": COUNT}, required=["moved"], description="Dead-lettered jobs sent again."),
+    "DeadLetters": obj(
+        {
+            "jobs": {"type": "array", "items": ref("DeadLetter")},
+            "count": COUNT,
+            "next": NEXT_TOKEN,
+            "awaiting_recording": COUNT,
+        },
+        description="A page of the caller's dead letters and their exact count (admin scope).",
+    ),
+    "Redriven": obj(
+        {
+            "moved": COUNT,
+            "campaigns": {"type": "array", "items": STRING},
+            "dropped": COUNT,
+            "more": {"type": "boolean"},
+        },
+        description="Dead letters sent again; ``more``: call again for the rest.",
+    ),
+    "SenderDomainsRequest": obj(
+        {"domains": {"type": "array", "items": STRING, "description": "Domains; each covers its subdomains"}},
+        required=["domains"],
+    ),
+    "SenderDomains": obj(
+        {"tenant": STRING, "domains": {"type": "array", "items": STRING}, "updated_at": nullable(TIMESTAMP)}
+    ),
     "StreamFailures": obj(
         {"count": COUNT, "failures": {"type": "array", "items": {"type": "object"}}, "next": NEXT_TOKEN}
     ),
@@ -204,6 +234,7 @@ ERRORS = {
     404: _error("No such campaign for this tenant"),
     409: _error("The campaign's state does not allow this"),
     413: _error("The body or the recipient list is over the limit"),
+    422: _error("The Idempotency-Key was used before with a different body"),
 }
 
 LIMIT = {
@@ -220,6 +251,22 @@ STATUS = {
     "description": "Comma-separated recipient states: " + ", ".join(RECIPIENT_STATES),
     "schema": {"type": "string"},
 }
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Retries with the same key and body get the first answer (24 h); while the first is "
+    "still running they get a 409 with Retry-After",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+TENANT = {
+    "name": "tenant",
+    "in": "path",
+    "required": True,
+    "description": f"The tenant as its tokens name it (at most {MAX_KEY_BYTES} bytes)",
+    "schema": {"type": "string", "minLength": 1},
+}
+CAMPAIGN_FILTER = {"name": "campaign_id", "in": "query", "required": False, "schema": {"type": "string"}}
 CAMPAIGN_ID = {
     "name": "campaign_id",
     "in": "path",
@@ -261,7 +308,9 @@ class Operation:
             operation["description"] = f"Needs the {self.scope} scope."
         else:
             operation["security"] = []
-        path_parameters = tuple(CAMPAIGN_ID for name in ("{campaign_id}",) if name in path)
+        path_parameters = tuple(
+            parameter for name, parameter in (("{campaign_id}", CAMPAIGN_ID), ("{tenant}", TENANT)) if name in path
+        )
         if path_parameters or self.parameters:
             operation["parameters"] = list(path_parameters + self.parameters)
         if self.body:
@@ -280,8 +329,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Create a campaign and queue its recipients",
         (202, "CampaignCreated"),
         WRITE,
+        (IDEMPOTENCY_KEY,),
         body="CampaignRequest",
-        errors=(413,),
+        errors=(409, 413, 422),
     ),
     ("GET", "/campaigns"): Operation(
         "The caller's campaigns, newest first", (200, "CampaignPage"), READ, (LIMIT, NEXT)
@@ -315,8 +365,18 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/campaigns/{campaign_id}/resume"): Operation(
         "Send the open recipients again", (200, "Resumed"), WRITE, errors=CAMPAIGN_ERRORS + (409,)
     ),
-    ("GET", "/dlq"): Operation("The caller's dead-lettered jobs", (200, "DeadLetters"), ADMIN, (LIMIT,)),
-    ("POST", "/dlq/redrive"): Operation("Send the caller's dead-lettered jobs again", (202, "Redriven"), ADMIN),
+    ("GET", "/dlq"): Operation(
+        "The caller's dead letters, exactly", (200, "DeadLetters"), ADMIN, (LIMIT, NEXT, CAMPAIGN_FILTER)
+    ),
+    ("POST", "/dlq/redrive"): Operation(
+        "Send the caller's dead letters again, each once", (202, "Redriven"), ADMIN, (CAMPAIGN_FILTER,)
+    ),
+    ("GET", "/tenants/{tenant}/sender-domains"): Operation(
+        "A tenant's verified sender domains", (200, "SenderDomains"), ADMIN
+    ),
+    ("PUT", "/tenants/{tenant}/sender-domains"): Operation(
+        "Replace a tenant's verified sender domains", (200, "SenderDomains"), ADMIN, body="SenderDomainsRequest"
+    ),
     ("GET", "/stream-failures"): Operation(
         "Stream batches the aggregators gave up on, newest first", (200, "StreamFailures"), ADMIN, (LIMIT, NEXT)
     ),

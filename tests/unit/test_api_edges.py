@@ -30,6 +30,7 @@ class Request:
         self.raw_body = raw_body
         self.uri_params = uri_params or {}
         self.query_params: dict[str, str] = {}
+        self.headers: dict[str, str] = {}
 
 
 def answer(response: Any) -> tuple[int, dict[str, Any]]:
