@@ -58,8 +58,9 @@ LOCAL_JWT_SECRET = "mailpipe-local-development-secret"
 
 # What the local stage changes against the production defaults: seconds, not
 # hours, and a shallow send queue (moto's and MiniStack's SQS cost O(depth) per call).
+# The claim lease is the local stage's (.chalice/config.json): it must outlast send_mail's
+# timeout there too (tests/unit/test_claim_lease_rule.py), so it is not shortened here.
 LOCAL_DEFAULTS = {
-    "CLAIM_LEASE_S": "10",
     "RETRY_BASE_S": "1",
     "RETRY_CAP_S": "8",
     "SEND_RATE_PER_S": "5000",
