@@ -8,6 +8,7 @@ with no environment and tests can point the models at any emulator.
 from __future__ import annotations
 
 from pynamodb.attributes import (
+    BooleanAttribute,
     JSONAttribute,
     ListAttribute,
     NumberAttribute,
@@ -141,6 +142,10 @@ class Event(Model):
     email = UnicodeAttribute(null=True)
     at = UnicodeAttribute()
     detail = JSONAttribute(null=True)
+    # Engagement events (chalicelib/engagement.py): flagged when a machine, not a person, did it.
+    machine = BooleanAttribute(null=True)
+    machine_reason = UnicodeAttribute(null=True)
+    expires_at = NumberAttribute(null=True)  # TTL (epoch seconds): EVENT_RETENTION_DAYS after the event
 
 
 class CampaignSubscribers(GlobalSecondaryIndex["Connection"]):

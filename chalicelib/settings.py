@@ -140,6 +140,8 @@ class Settings:
     websocket_management_url: str = ""
     websocket_url: str = ""
     connection_ttl_s: int = 7200
+    # Engagement events expire (DynamoDB TTL) this long after they happened; counts stay.
+    event_retention_days: int = 180
 
     # Alerts.
     bounce_rate_alert: float = 0.05

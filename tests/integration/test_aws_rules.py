@@ -38,6 +38,7 @@ DEFAULTED_ON_PURPOSE = {
     "max_recipients": "the documented request limit",
     "max_body_bytes": "the documented request limit",
     "connection_ttl_s": "two hours of dashboard",
+    "event_retention_days": "180 days of engagement events (TTL); counts are kept",
     "bounce_rate_alert": "documented alert default, per campaign overridable",
     "bounce_alert_min_sends": "documented alert default",
     "failure_rate_alert": "documented alert default, per campaign overridable",
