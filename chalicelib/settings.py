@@ -142,6 +142,8 @@ class Settings:
     connection_ttl_s: int = 7200
     # Engagement events expire (DynamoDB TTL) this long after they happened; counts stay.
     event_retention_days: int = 180
+    # Signs tracking tokens (chalicelib/tracking_tokens.py): a stack parameter deployed, a fixed one locally.
+    tracking_secret: str = ""
 
     # Alerts.
     bounce_rate_alert: float = 0.05
