@@ -8,8 +8,8 @@ sending never waits on analytics. The events table's stream carries each new ite
 
 Item contract (what the aggregator and ``GET /campaigns/{id}/events`` read):
 
-- ``campaign_id`` (hash key), ``event_id`` (range key): ``<type>#<email>#<suffix>``, so one
-  recipient's events of one type are a key prefix;
+- ``campaign_id`` (hash key), ``event_id`` (range key): ``<email>#<type>#<suffix>``, so one
+  recipient's events (its timeline) are one Query on a key prefix, and those of one type too;
 - ``type`` (``EVENT_TYPES``), ``email``, ``at`` (ISO 8601, UTC);
 - ``machine``: True when a documented rule says a machine, not a person, did it (an image
   proxy, a link scanner); ``machine_reason`` names the rule;
@@ -65,12 +65,12 @@ class EngagementEvent:
 
 
 def event_id(event: EngagementEvent, now: float) -> str:
-    """``<type>#<email>#<suffix>``: deterministic with a dedupe key, else time-ordered and unique."""
+    """``<email>#<type>#<suffix>``: deterministic with a dedupe key, else time-ordered and unique."""
     if event.dedupe is not None:
         suffix = "d" + hashlib.sha256(event.dedupe.encode()).hexdigest()[:32]
     else:
         suffix = f"t{int(now * 1000):013d}{secrets.token_hex(4)}"
-    return f"{event.type}#{event.email}#{suffix}"
+    return f"{event.email}#{event.type}#{suffix}"
 
 
 def record(event: EngagementEvent, settings: Settings, now: float | None = None) -> bool:
