@@ -216,6 +216,11 @@ def _dedupe(verdicts: Iterable[Verdict]) -> tuple[Verdict, ...]:
     return tuple(chosen.values())
 
 
+def is_auto_reply(message: Message) -> bool:
+    """True when the headers mark the message as an automatic answer (the rules of step 2 above)."""
+    return _marked_auto_reply(message) or _auto_submitted(message, _sender(message))
+
+
 def _marked_auto_reply(message: Message) -> bool:
     """Headers only responders set: a person's automatic answer, never a mail system's report."""
     if any(_header(message, name) not in (None, "no") for name in _AUTO_REPLY_FIELDS):
