@@ -14,7 +14,17 @@ is the campaign id) or by a Message-ID it returns or refers to (ours are
   `chalicelib.bounces`);
 - ``temporary`` and ``auto_reply``: an event only. An auto-reply never changes a state.
 
-Every failure, warning and auto-reply is also an event (``report_failed``,
+Before any of that, `chalicelib.inbound` picks out what is not a delivery report: replies,
+auto-replies, ARF complaints and mailto unsubscribes (its docstring has the matching rules).
+Each is one engagement event (`chalicelib.engagement.record`, with a dedupe key, so a message
+read twice is one event): ``replied``, ``auto_replied`` (never a reply, never a bounce or a
+suppression), ``complained`` and ``unsubscribed``, the last two after suppressing the address
+for the tenant. A complaint whose recipient is redacted is matched by the Message-ID the
+sender stored on the recipient (one Query of the campaign, at most ``MESSAGE_ID_PAGES`` pages).
+One addressed to a forged token, a feedback report that is not ``abuse``, and a complaint
+about a mail we cannot place are kept for a person, like unmatched reports.
+
+Every failure, warning and auto-reply the bounce reader sees is also an event (``report_failed``,
 ``report_delayed``, ``report_auto_reply``) with a deterministic id. Every transition is
 conditional, so reading the same mailbox twice applies nothing twice. Messages that cannot be
 classified or matched are kept in the mailbox, flagged and counted — never deleted unread.
@@ -44,9 +54,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib import bounces
+from chalicelib import bounces, inbound
 from chalicelib.bounces import BounceMessage, Verdict, read_bounce
 from chalicelib.clients import aws_client
+from chalicelib.engagement import AUTO_REPLIED, COMPLAINED, REPLIED, UNSUBSCRIBED, EngagementEvent, record
+from chalicelib.inbound import Inbound, read_inbound
 from chalicelib.mailbox_reader import ReportMailbox, open_mailbox
 from chalicelib.models import BOUNCED, DELIVERED, FAILED, SENT, Campaign
 from chalicelib.recipients import history_entry
@@ -68,6 +80,19 @@ RECIPIENTS_PER_RUN = 10_000
 TIME_BUDGET_S = 30.0
 _UNPROCESSED_RETRIES = 8
 COUNTERS_KEY = {"campaign_id": {"S": "_reports"}, "bucket": {"S": "totals"}}
+# A redacted complaint reads the campaign's recipients to find its Message-ID: at most this many
+# 1 MB pages (tens of thousands of recipients), then it is kept for a person.
+MESSAGE_ID_PAGES = 64
+# Outcomes that leave the message flagged in the mailbox for a person.
+KEPT = frozenset({"unparsable", "unmatched", "forged", "not_abuse"})
+
+# What each inbound kind records, and the outcome a run counts it as.
+_INBOUND_EVENTS = {
+    inbound.REPLY_MAIL: REPLIED,
+    inbound.AUTO_REPLY: AUTO_REPLIED,
+    inbound.COMPLAINT: COMPLAINED,
+    inbound.UNSUBSCRIBE_REQUEST: UNSUBSCRIBED,
+}
 
 # What a verdict does: the states it may move a recipient from, and to.
 _TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -174,7 +199,7 @@ class ReportReader:
             summary[outcome] += 1
             if outcome in ("partial", "waiting"):
                 break  # oldest first: it is the first message of the next run
-            if outcome in ("unparsable", "unmatched"):
+            if outcome in KEPT:
                 mailbox.mark_kept(key, outcome)
             else:
                 mailbox.mark_processed(key)
@@ -186,11 +211,22 @@ class ReportReader:
     def apply(self, raw: bytes) -> str:
         """Apply one whole message, whatever its size (tests and tools; the scheduled reader uses `read`).
 
-        Returns ``applied``, ``recorded``, ``auto_reply``, ``unparsable`` or ``unmatched``.
+        Returns ``applied``, ``recorded``, ``auto_reply``, ``unparsable`` or ``unmatched`` for what
+        the bounce reader reads; ``replied``, ``auto_replied``, ``complained``, ``unsubscribed``,
+        ``duplicate`` (an engagement event recorded before), ``forged`` or ``not_abuse`` for the rest.
         """
         return self._apply(raw, _Budget(recipients=1 << 62, deadline=float("inf")))
 
     def _apply(self, raw: bytes, budget: _Budget) -> str:
+        message = read_inbound(
+            raw,
+            mailbox=self.settings.bounce_address,
+            secret=self.settings.tracking_secret,
+            domain=self.settings.message_id_domain,
+        )
+        if message is not None:
+            budget.used += 1
+            return self._apply_inbound(message)
         bounce = read_bounce(raw)
         if not bounce.verdicts and not bounce.auto_reply:
             return "unparsable"
@@ -220,6 +256,50 @@ class ReportReader:
         if not progress.matched:
             return "unmatched"
         return "applied" if progress.applied else "recorded"
+
+    def _apply_inbound(self, message: Inbound) -> str:
+        """Record a reply, auto-reply, complaint or unsubscribe (suppressing first, as bounces do)."""
+        event_type = _INBOUND_EVENTS.get(message.kind)
+        if event_type is None:
+            return message.kind  # forged, not_abuse: kept
+        campaign_id, email = message.campaign_id, message.email
+        if campaign_id is None:
+            return "unmatched"
+        if email is None:
+            email = self._recipient_by_message_id(campaign_id, message.message_id)
+        elif not message.trusted and email not in self._states(campaign_id, [email]):
+            email = None  # a digest or a header can be made up; a signed token cannot
+        if email is None:
+            return "unmatched"
+        if event_type in (COMPLAINED, UNSUBSCRIBED):
+            tenant = self._tenant(campaign_id)
+            if tenant is None:
+                return "unmatched"
+            # Suppressed before the event: whoever sees the event can rely on the suppression.
+            suppress(tenant, email, event_type, campaign_id)
+        event = EngagementEvent(campaign_id, email, event_type, detail=message.detail, dedupe=message.dedupe)
+        return event_type if record(event, self.settings) else "duplicate"
+
+    def _recipient_by_message_id(self, campaign_id: str, message_id: str | None) -> str | None:
+        """The recipient the sender stored this Message-ID on (bounded: a redacted complaint is rare)."""
+        if not message_id:
+            return None
+        request: dict[str, Any] = {
+            "TableName": self.recipients_table,
+            "KeyConditionExpression": "campaign_id = :c",
+            "FilterExpression": "message_id = :m",
+            "ProjectionExpression": "email",
+            "ExpressionAttributeValues": {":c": {"S": campaign_id}, ":m": {"S": message_id}},
+        }
+        for _ in range(MESSAGE_ID_PAGES):
+            response = self.client.query(**request)
+            for item in response.get("Items", []):
+                return item["email"]["S"]
+            if "LastEvaluatedKey" not in response:
+                return None
+            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        logger.warning("recipient with %s not found in %d pages of %s", message_id, MESSAGE_ID_PAGES, campaign_id)
+        return None
 
     def _apply_slice(self, campaign_id: str, bounce: BounceMessage, verdicts: Sequence[Verdict]) -> tuple[int, int]:
         """Apply up to 100 verdicts; returns how many matched a recipient and how many moved one."""
