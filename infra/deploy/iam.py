@@ -193,7 +193,10 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
     "read_delivery_reports": (
         LOGS,
         _on("table:RecipientsTable", "dynamodb:BatchGetItem", "dynamodb:UpdateItem"),  # 100 looked up per call
-        _on("table:EventsTable", "dynamodb:BatchWriteItem"),  # report events (not for deliveries), 25 per call
+        # A complaint whose recipient is redacted: found by the Message-ID stored on it (bounded Query).
+        _on("table:RecipientsTable", "dynamodb:Query"),
+        # Report events, 25 per call (not for deliveries); replies, complaints, unsubscribes one conditional put each.
+        _on("table:EventsTable", "dynamodb:BatchWriteItem", "dynamodb:PutItem"),
         _on("table:CampaignsTable", "dynamodb:GetItem"),  # the tenant, to suppress a bounce
         _on("table:SuppressionsTable", "dynamodb:PutItem"),
         _on("table:StatsTable", "dynamodb:UpdateItem"),  # the reader's own counters and a long report's progress
