@@ -43,8 +43,9 @@ recorded as ``auto_replied`` and never counted as a reply, bounced or suppressed
 
 Dedupe keys (`chalicelib.engagement` makes them part of the event id): a reply or auto-reply,
 its own Message-ID (or a digest of its bytes when it has none), so the same reply read twice is
-one event; a complaint, ``complaint`` and an unsubscribe ``unsubscribe``, once per campaign and
-recipient whichever report or request comes first.
+one event; a complaint ``complaint\0<campaign>\0<email>`` and an unsubscribe
+``unsubscribe\0<campaign>\0<email>`` (`Inbound.dedupe_for`), once per campaign and recipient
+whichever report or request comes first; the unsubscribe key is the one-click POST's too.
 """
 
 from __future__ import annotations
@@ -103,13 +104,20 @@ class Inbound:
     email: str | None = None  # None: not named (a redacted complaint); look it up by message_id
     message_id: str | None = None  # our Message-ID the message is about
     matched_by: str | None = None  # BY_TOKEN needs no further check: the token is signed
-    dedupe: str | None = None
+    dedupe: str | None = None  # per message (replies); COMPLAINT_DEDUPE, UNSUBSCRIBE_DEDUPE: per recipient
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
     def trusted(self) -> bool:
         """True when a signed token named the recipient; otherwise the reader checks it is one."""
         return self.matched_by == BY_TOKEN
+
+    def dedupe_for(self, email: str) -> str | None:
+        """The engagement dedupe key once the recipient is known (a redacted complaint's only then)."""
+        if self.dedupe in (COMPLAINT_DEDUPE, UNSUBSCRIBE_DEDUPE):
+            # The same key as the one-click POST's (chalicelib.tracking): a mailto and a POST are one event.
+            return f"{self.dedupe}\0{self.campaign_id}\0{email}"
+        return self.dedupe
 
 
 def read_inbound(raw: bytes, *, mailbox: str, secret: str, domain: str) -> Inbound | None:

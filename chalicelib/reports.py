@@ -277,7 +277,7 @@ class ReportReader:
                 return "unmatched"
             # Suppressed before the event: whoever sees the event can rely on the suppression.
             suppress(tenant, email, event_type, campaign_id)
-        event = EngagementEvent(campaign_id, email, event_type, detail=message.detail, dedupe=message.dedupe)
+        event = EngagementEvent(campaign_id, email, event_type, detail=message.detail, dedupe=message.dedupe_for(email))
         return event_type if record(event, self.settings) else "duplicate"
 
     def _recipient_by_message_id(self, campaign_id: str, message_id: str | None) -> str | None:

@@ -70,7 +70,7 @@ def test_a_thunderbird_reply_is_matched_by_in_reply_to_and_the_senders_digest() 
     assert found.matched_by == BY_MESSAGE_ID and not found.trusted  # the reader checks it is a recipient
     assert found.message_id == message_id(CAMPAIGN_ID, ADA, DOMAIN)
     # The reply's own Message-ID is the dedupe key: the same reply read twice is one event.
-    assert found.dedupe == "<5c1f0e2a-7d43-4b8e-9a61-2f3d8c9e0b11@example.org>"
+    assert found.dedupe == found.dedupe_for(ADA) == "<5c1f0e2a-7d43-4b8e-9a61-2f3d8c9e0b11@example.org>"
     assert found.detail["subject"] == "Re: Our November news"
 
 
@@ -159,6 +159,8 @@ def test_a_redacted_complaint_without_a_token_names_the_message_id_for_the_reade
     assert (found.kind, found.campaign_id, found.email) == (COMPLAINT, CAMPAIGN_ID, None)
     assert found.matched_by == BY_MESSAGE_ID_ONLY
     assert found.message_id == message_id(CAMPAIGN_ID, ADA, DOMAIN)
+    # Its dedupe key is known once the reader has found the recipient.
+    assert found.dedupe_for(ADA) == f"complaint\0{CAMPAIGN_ID}\0{ADA}"
 
 
 def test_a_feedback_report_that_is_not_abuse_is_kept_for_a_person() -> None:
@@ -173,6 +175,8 @@ def test_a_mailto_unsubscribe_names_campaign_and_recipient_through_its_token() -
     assert (found.kind, found.campaign_id, found.email) == (UNSUBSCRIBE_REQUEST, CAMPAIGN_ID, ADA)
     assert found.trusted and found.dedupe == UNSUBSCRIBE_DEDUPE
     assert found.detail == {"via": "mailto", "from": GMAIL_ADA}
+    # Once per campaign and recipient, with the one-click POST's key: a mailto and a POST are one event.
+    assert found.dedupe_for(ADA) == f"unsubscribe\0{CAMPAIGN_ID}\0{ADA}"
 
 
 def test_a_mailto_unsubscribe_marked_automatic_still_unsubscribes() -> None:
