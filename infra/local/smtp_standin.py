@@ -6,6 +6,12 @@ accepted recipient's copy in the Maildir `<maildir_root>/outbox`, and on demand 
 every outcome the real server can: temporary and permanent refusals, slow replies, dropped
 connections, and RFC 3464 delivery reports written to the envelope sender's Maildir.
 
+Mail to a mailbox of one of its own domains (``local_domains``, by default the domain of the
+default bounce address) is not relayed: it is delivered to that mailbox's Maildir, a
+plus-address (``bounces+<tag>@mailpipe.local``) to its base mailbox's, as Mailu does with its
+recipient delimiter. So a reply, or a mailto unsubscribe, sent to the addresses a campaign mail
+carries lands where the report reader looks.
+
 Run it alone with `python -m infra.local.smtp_standin` (configured from the environment).
 """
 
@@ -75,11 +81,14 @@ class StandinConfig:
     dsn: bool = True  # send "delivered" reports when the client asked for NOTIFY=SUCCESS
     dsn_delay_s: float = 0.5
     seed: int | None = None
+    # Domains whose mailboxes are here: mail to them is delivered to <maildir_root>/<mailbox>.
+    local_domains: tuple[str, ...] = ("mailpipe.local",)
 
     def __post_init__(self) -> None:
         self.maildir_root = Path(self.maildir_root)
         self.perm_fail = tuple(self.perm_fail)
         self.late_fail = tuple(self.late_fail)
+        self.local_domains = tuple(d.lower().lstrip("@") for d in self.local_domains)
         for name in ("temp_fail_rate", "drop_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
@@ -105,6 +114,7 @@ class StandinConfig:
             "SMTP_STANDIN_LATE_FAIL": ("late_fail", _address_list),
             "SMTP_STANDIN_DSN": ("dsn", _flag),
             "SMTP_STANDIN_SEED": ("seed", int),
+            "SMTP_STANDIN_LOCAL_DOMAINS": ("local_domains", _address_list),
         }
         for variable, (attribute, parse) in readers.items():
             raw = environ.get(variable, "").strip()
@@ -422,6 +432,13 @@ class MailuStandin:
         name = _MAILDIR_NAME.sub("_", local_part) or "_"
         return self.config.maildir_root / ("_" + name if name.startswith(".") else name)
 
+    def local_maildir(self, recipient: str) -> Path | None:
+        """The Maildir of a mailbox of ours (plus-addresses go to their base mailbox); None to relay."""
+        local_part, _, domain = recipient.rpartition("@")
+        if not local_part or domain.lower() not in self.config.local_domains:
+            return None
+        return self.report_maildir(local_part.split("+", 1)[0] + "@" + domain)
+
     def start(self) -> Self:
         """Start listening; returns once the port accepts connections."""
         if self._thread is not None:
@@ -565,6 +582,10 @@ class MailuStandin:
         reports: list[tuple[str, _RecipientDsn, bool]] = []
         for address, dsn in zip(envelope.rcpt_tos, envelope.rcpt_dsn, strict=True):
             notify = dsn.notify
+            mailbox = self.local_maildir(address)
+            if mailbox is not None:
+                self._store(mailbox, [f"Return-Path: <{sender}>\nDelivered-To: {address}\n".encode() + content])
+                continue
             if _matches(address, config.late_fail):
                 self._count("late_failed")
                 if notify is None or "FAILURE" in notify:

@@ -132,6 +132,20 @@ def test_accepted_mail_is_stored_in_the_outbox_with_envelope_headers(start_stand
     assert standin.stats()["accepted"] == 1
 
 
+def test_mail_to_our_own_mailboxes_is_delivered_there_plus_addresses_included(start_standin) -> None:
+    """A reply to a plus-addressed Reply-To lands in the report mailbox, token intact, and is not relayed."""
+    standin = start_standin()
+    tagged = "bounces+AbC_d-9xYz@mailpipe.local"
+    errors, _ = send(standin, [tagged, "alice@example.com"], raw=message(tagged))
+    assert errors == {}
+    [delivered] = wait_for_files(standin.config.maildir_root / "bounces", 1)
+    assert delivered.read_bytes().startswith(f"Return-Path: <{SENDER}>\nDelivered-To: {tagged}\n".encode())
+    [relayed] = wait_for_files(standin.outbox, 1)
+    assert b"Delivered-To: alice@example.com\n" in relayed.read_bytes()
+    assert standin.local_maildir("Bounces@MailPipe.Local") == standin.config.maildir_root / "Bounces"
+    assert standin.local_maildir("bounces@example.com") is None
+
+
 def test_each_accepted_recipient_gets_its_own_copy(start_standin) -> None:
     standin = start_standin(dsn=False)
     send(standin, ["a@example.com", "b@example.com", "c@example.com"])
@@ -385,6 +399,7 @@ def test_config_from_env() -> None:
             "SMTP_STANDIN_LATE_FAIL": "late@x.example",
             "SMTP_STANDIN_DSN": "false",
             "SMTP_STANDIN_SEED": "42",
+            "SMTP_STANDIN_LOCAL_DOMAINS": "mail.example, @Other.Example",
             "SMTP_STANDIN_IGNORED": "whatever",
         },
         latency_ms=5,
@@ -402,6 +417,7 @@ def test_config_from_env() -> None:
         late_fail=("late@x.example",),
         dsn=False,
         seed=42,
+        local_domains=("mail.example", "other.example"),
     )
     assert StandinConfig.from_env({"SMTP_PORT": "", "SMTP_STANDIN_DSN": "1"}) == StandinConfig()
 
