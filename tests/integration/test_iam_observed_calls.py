@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import mailbox
 import re
 import threading
 from collections import Counter
@@ -29,6 +30,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import pytest
@@ -40,6 +42,7 @@ from chalicelib.clients import aws_client, botocore_clients, management_client
 from chalicelib.errors import TemporaryDeliveryError
 from chalicelib.models import ALL_MODELS
 from chalicelib.queues import Queue
+from chalicelib.rendering import message_id
 from chalicelib.sending import CampaignCache, Sender
 from chalicelib.smtp import Envelope, SmtpPool
 from infra.deploy.iam import (
@@ -439,7 +442,17 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
     wait_until(
         lambda: not connections.scan(TableName=connections_table)["Items"], timeout_s=120
     )  # $disconnect forgot it all
+    exercise_inbound_mail(runtime, alerting, "ok0@example.org")
     runtime.run_scheduled("read_delivery_reports")
+
+
+def exercise_inbound_mail(runtime: LocalRuntime, campaign_id: str, email: str) -> None:
+    """A complaint whose recipient is redacted: found by its stored Message-ID, suppressed, recorded."""
+    sample = Path(__file__).resolve().parents[1] / "events" / "inbound" / "arf_redacted.eml"
+    raw = Template(sample.read_text()).substitute(
+        MESSAGE_ID=message_id(campaign_id, email, runtime.settings.message_id_domain), LIST_UNSUBSCRIBE=""
+    )
+    mailbox.Maildir(runtime.maildir_root / "bounces", create=True).add(raw.encode())
 
 
 def exercise_idempotency_key(api: Api) -> None:
