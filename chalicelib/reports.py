@@ -460,13 +460,24 @@ class ReportReader:
 
 
 def read_reports(settings: Settings) -> dict[str, Any]:
-    """The scheduled entry point: read the configured mailbox once."""
-    if not settings.report_mailbox_url:
-        return {}
-    mailbox = open_mailbox(settings.report_mailbox_url)
-    try:
-        return ReportReader(settings).read(mailbox)
-    finally:
-        close = getattr(mailbox, "close", None)
-        if close:
-            close()
+    """The scheduled entry point: read the report mailbox, then the reply mailbox if it is another one.
+
+    Both share one run's time budget: the second gets what the first left, so the function's
+    timeout holds however full the first was.
+    """
+    urls = list(dict.fromkeys(url for url in (settings.report_mailbox_url, settings.reply_mailbox_url) if url))
+    summary: Counter[str] = Counter()
+    started = time.monotonic()
+    for url in urls:
+        left = TIME_BUDGET_S - (time.monotonic() - started)
+        if left < 1.0:
+            logger.info("no time left to read %s this run", url.split("@")[-1])
+            break
+        mailbox = open_mailbox(url)
+        try:
+            summary.update(ReportReader(settings, time_budget_s=left).read(mailbox))
+        finally:
+            close = getattr(mailbox, "close", None)
+            if close:
+                close()
+    return dict(summary)

@@ -135,6 +135,9 @@ class Settings:
 
     # Delivery reports mailbox: imaps://user:pass@host:993/INBOX or maildir:/path.
     report_mailbox_url: str = ""
+    # A second mailbox read the same way, for replies when they do not arrive in the report
+    # mailbox (a Reply-To of the campaign's own). Empty: replies come to the report mailbox.
+    reply_mailbox_url: str = ""
 
     # Live updates: API Gateway @connections endpoint (https://{api}.execute-api.{region}.amazonaws.com/{stage}).
     websocket_management_url: str = ""

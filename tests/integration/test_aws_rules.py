@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Settings the code reads that the template may leave to their defaults, and why.
 DEFAULTED_ON_PURPOSE = {
+    "reply_mailbox_url": "unset: replies arrive in the report mailbox (the plus-addressed Reply-To)",
     "region": "Lambda sets AWS_REGION itself",
     "aws_endpoint_url": "unset on AWS: the region's own endpoints",
     "aws_unsigned_loopback": "off on AWS: only the local runtime sets it, for the emulator it embeds",

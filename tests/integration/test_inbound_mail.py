@@ -4,11 +4,13 @@ A campaign is sent through the pipeline; then the messages its recipients (and t
 providers) would send back are placed in the report mailbox, in the shapes of
 tests/events/inbound/. One run of the reader records each as one engagement event, suppresses
 the complainers and the unsubscriber, and keeps the forged one for a person; a second run, and
-the same messages delivered again, change nothing.
+the same messages delivered again, change nothing. Replies sent over SMTP to the addresses a
+campaign mail carries reach the stand-in's report Maildir and the scheduled reader on their own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import mailbox
 import os
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from string import Template
 
+import aiosmtplib
 import pytest
 
 from chalicelib import wiring
@@ -23,23 +26,29 @@ from chalicelib.engagement import AUTO_REPLIED, COMPLAINED, REPLIED, UNSUBSCRIBE
 from chalicelib.mailbox_reader import MaildirMailbox
 from chalicelib.models import Event, Suppression
 from chalicelib.rendering import message_id
-from chalicelib.reports import ReportReader
+from chalicelib.reports import ReportReader, read_reports
 from chalicelib.tracking_tokens import REPLY, UNSUBSCRIBE, TrackingToken, mint
 from infra.local.runtime import LocalRuntime
 from tests.conftest import start_runtime
 from tests.support.api import Api, token
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 SAMPLES = Path(__file__).resolve().parents[1] / "events" / "inbound"
 TENANT = "inbound"
 SECRET = "integration-tracking-secret"
+GMAIL = "ada.lovelace@gmail.example"
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
     """The stand-in sends no reports of its own: the test writes every message."""
-    rt = start_runtime(tmp_path_factory.mktemp("inbound"), standin_env={"SMTP_STANDIN_DSN": "0"})
+    rt = start_runtime(
+        tmp_path_factory.mktemp("inbound"),
+        standin_env={"SMTP_STANDIN_DSN": "0"},
+        settings_env={"TRACKING_SECRET": SECRET},  # the scheduled reader verifies tokens with it
+    )
     try:
         yield rt
     finally:
@@ -148,3 +157,65 @@ def test_replies_auto_replies_complaints_and_unsubscribes_are_recorded_once(
     )["campaign_id"]
     done = api.wait_until_done(later)
     assert (done["counts"]["suppressed"], done["counts"]["sent"]) == (3, 1)
+
+
+def _submit(runtime: LocalRuntime, sender: str, recipient: str, raw: bytes) -> None:
+    """Send one message through the stand-in's submission port, as the replier's provider would deliver it."""
+
+    async def send() -> None:
+        client = aiosmtplib.SMTP(
+            hostname=runtime.config.host, port=runtime.smtp_port, start_tls=True, validate_certs=False, timeout=30
+        )
+        await client.connect()
+        try:
+            await client.login("mailpipe", "mailpipe")
+            await client.sendmail(sender, [recipient], raw)
+        finally:
+            client.close()
+
+    asyncio.run(send())
+
+
+def test_replies_sent_over_smtp_reach_the_scheduled_reader(runtime: LocalRuntime) -> None:
+    api = Api(runtime.api_url, token(TENANT))
+    campaign_id = api.create_campaign(2, prefix="smtp")["campaign_id"]
+    assert api.wait_until_done(campaign_id)["counts"]["sent"] == 2
+    domain = runtime.settings.message_id_domain
+    replier, leaver = "smtp0@example.org", "smtp1@example.org"
+    reply_to = f"bounces+{mint(TrackingToken(REPLY, campaign_id, replier), SECRET)}@{domain}"
+    unsubscribe = f"bounces+{mint(TrackingToken(UNSUBSCRIBE, campaign_id, leaver), SECRET)}@{domain}"
+
+    _submit(runtime, GMAIL, reply_to, _sample("gmail_reply_to_token.eml", campaign_id, replier, domain, sender=GMAIL))
+    _submit(runtime, leaver, unsubscribe, _sample("mailto_unsubscribe.eml", campaign_id, leaver, domain))
+
+    def recorded() -> set[tuple[str, str]]:
+        found = {(e.email, e.type) for e in Event.query(campaign_id)}
+        return found if len(found) == 2 else set()
+
+    assert wait_until(recorded, timeout_s=60, what="events from the scheduled reader") == {
+        (replier, REPLIED),
+        (leaver, UNSUBSCRIBED),
+    }
+    assert Suppression.get(TENANT, leaver).reason == UNSUBSCRIBED
+    # Delivered to the report mailbox, not relayed, and marked read there.
+    cur = runtime.maildir_root / "bounces" / "cur"
+    assert sum(name.endswith(":2,S") for name in os.listdir(cur)) >= 2
+
+
+def test_a_reply_mailbox_of_its_own_is_read_after_the_report_mailbox(runtime: LocalRuntime, tmp_path: Path) -> None:
+    api = Api(runtime.api_url, token(TENANT))
+    campaign_id = api.create_campaign(1, prefix="own")["campaign_id"]
+    assert api.wait_until_done(campaign_id)["counts"]["sent"] == 1
+    domain = runtime.settings.message_id_domain
+    mailbox.Maildir(tmp_path / "replies", create=True).add(
+        _sample("thunderbird_reply.eml", campaign_id, "own0@example.org", domain)
+    )
+    mailbox.Maildir(tmp_path / "reports", create=True).add(b"Subject: hi\r\n\r\nnot a report\r\n")
+    settings = dataclasses.replace(
+        wiring.settings(),
+        report_mailbox_url=f"maildir:{tmp_path / 'reports'}",
+        reply_mailbox_url=f"maildir:{tmp_path / 'replies'}",
+    )
+    assert read_reports(settings) == {"unparsable": 1, REPLIED: 1}
+    assert [(e.email, e.type) for e in Event.query(campaign_id)] == [("own0@example.org", REPLIED)]
+    assert read_reports(settings) == {}
