@@ -153,6 +153,19 @@ def test_a_redacted_complaint_is_matched_by_the_unsubscribe_token_in_the_origina
     assert found.detail["user_agent"] == "Yahoo!-Mail-Feedback/2.0"
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"List-Unsubscribe: <mailto:bounces+{token(UNSUBSCRIBE)}@mailpipe.local>\r\n",  # no public URL
+        f"Reply-To: News <bounces+{token(REPLY)}@mailpipe.local>\r\n",
+    ],
+)
+def test_a_redacted_complaint_is_matched_by_a_plus_address_token_too(header: str) -> None:
+    found = read(sample("arf_redacted.eml", LIST_UNSUBSCRIBE=header))
+    assert found is not None
+    assert (found.campaign_id, found.email, found.matched_by) == (CAMPAIGN_ID, ADA, BY_TOKEN)
+
+
 def test_a_redacted_complaint_without_a_token_names_the_message_id_for_the_reader_to_look_up() -> None:
     found = read(sample("arf_redacted.eml"))
     assert found is not None
