@@ -14,6 +14,7 @@ import pytest
 
 from chalicelib.inbound import (
     AUTO_REPLY,
+    BY_CAMPAIGN_HEADER,
     BY_MESSAGE_ID,
     BY_MESSAGE_ID_ONLY,
     BY_TOKEN,
@@ -164,6 +165,15 @@ def test_a_redacted_complaint_is_matched_by_a_plus_address_token_too(header: str
     found = read(sample("arf_redacted.eml", LIST_UNSUBSCRIBE=header))
     assert found is not None
     assert (found.campaign_id, found.email, found.matched_by) == (CAMPAIGN_ID, ADA, BY_TOKEN)
+
+
+def test_a_complaint_about_a_mail_whose_message_id_was_rewritten_is_matched_by_the_campaign_header() -> None:
+    """Some providers return the original with their own Message-ID; X-Mailpipe-Campaign still names ours."""
+    raw = sample("arf_campaign.eml", MESSAGE_ID="<rewritten.1@mx.mailbox-provider.example>")
+    found = read(raw)
+    assert found is not None
+    assert (found.campaign_id, found.email, found.matched_by) == (CAMPAIGN_ID, ADA, BY_CAMPAIGN_HEADER)
+    assert not found.trusted  # the reader checks the address is one of the campaign's recipients
 
 
 def test_a_redacted_complaint_without_a_token_names_the_message_id_for_the_reader_to_look_up() -> None:
