@@ -117,7 +117,7 @@ class Aggregator:
     def on_event_records(self, records: list[dict[str, Any]]) -> list[str]:
         """Apply one events-stream batch (engagement counters), then tell each campaign's viewers."""
         changed = engagement_stats.EngagementCounter(self.settings).apply(engagement_stats.records_from(records))
-        for campaign_id in changed:
+        for campaign_id in changed if self.sink is not None else ():
             self._push(self._engagement_payload(campaign_id))
         return changed
 
@@ -125,9 +125,15 @@ class Aggregator:
         """The whole live payload from the totals row, its engagement with the top links."""
         totals = stats.read_totals(campaign_id, self.settings)
         counts = {k: v for k, v in totals.items() if isinstance(v, int)}
+        # The campaign's own status: a pause is written there only, and a viewer must not see
+        # an engagement push undo it.
+        try:
+            status = Campaign.get(campaign_id).status
+        except Campaign.DoesNotExist:
+            status = str(totals.get("status", ""))
         return stats_payload(
             campaign_id,
-            str(totals.get("status", "")),
+            status,
             int(totals.get("total", 0)),
             counts,
             None,

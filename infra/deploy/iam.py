@@ -178,6 +178,7 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         # chalicelib/engagement_stats.py: totals read, unique markers (conditional PutItem), counters and
         # link items in one transaction (UpdateItem), top links re-read for the push (Query).
         _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"),
+        _on("table:CampaignsTable", "dynamodb:GetItem"),  # the status a push shows
         _on("index:ConnectionsTable", "dynamodb:Query"),  # the campaign's subscribers
         # A subscriber without an endpoint: its meta item (GetItem); a gone one is removed (Query, BatchWriteItem).
         _on("table:ConnectionsTable", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchWriteItem"),

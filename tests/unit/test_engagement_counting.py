@@ -29,7 +29,7 @@ from chalicelib.engagement import (
     record,
 )
 from chalicelib.engagement_stats import EngagementCounter, EventRecord, flag_link_bursts, records_from
-from chalicelib.models import Campaign
+from chalicelib.models import PAUSED, Campaign, Connection
 from chalicelib.settings import Settings
 from infra.local.resources import create_resources
 from infra.local.template import Template
@@ -329,3 +329,31 @@ def test_delivery_reports_keep_their_plain_totals(settings: Settings) -> None:
     assert view["report_failed"] == 1
     assert counts(view, OPENED) == (1, 1, 0, 0)
     assert counts(view, UNSUBSCRIBED) == (0, 0, 0, 0)
+
+
+class RecordingSink:
+    """A live sink that keeps what it is asked to push (the WebSocket gateway's stand-in)."""
+
+    def __init__(self) -> None:
+        self.pushed: list[tuple[str, dict[str, Any]]] = []
+
+    def push(self, connection_id: str, payload: dict[str, Any], endpoint: str | None = None) -> bool:
+        self.pushed.append((connection_id, payload))
+        return True
+
+
+def test_subscribers_get_the_engagement_with_the_campaigns_own_status(settings: Settings) -> None:
+    Connection("conn-1", f"sub#{CAMPAIGN}", tenant="acme", campaign_id=CAMPAIGN, endpoint="https://x/local").save()
+    Campaign(CAMPAIGN).update(actions=[Campaign.status.set(PAUSED)])  # a pause lands on the campaign only
+    sink = RecordingSink()
+
+    Aggregator(settings, sink).on_event_records(Stream(settings).write((opened(ANN), T0), (clicked(BOB, 3), T0 + 9)))
+
+    assert [connection for connection, _ in sink.pushed] == ["conn-1"]
+    payload = sink.pushed[0][1]
+    assert (payload["type"], payload["campaign_id"], payload["status"]) == ("stats", CAMPAIGN, PAUSED)
+    assert payload["counts"]["sent"] == 3
+    assert counts(payload["engagement"], OPENED) == (1, 1, 0, 0)
+    assert payload["engagement"]["top_links"] == [
+        {"url": "https://example.com/3", "link": 3, "clicks": {"human": 1, "machine": 0, "total": 1}}
+    ]
