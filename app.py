@@ -118,6 +118,12 @@ def campaign_stats(campaign_id: str) -> Any:
     return api.live_stats(app.current_request, campaign_id, wiring.settings())
 
 
+@app.route("/campaigns/{campaign_id}/events", methods=["GET"], authorizer=token_authorizer, cors=True)
+def list_events(campaign_id: str) -> Any:
+    """Engagement events, by key: ``?type=``, ``?email=`` (one recipient's timeline), ``?limit=``, ``?next=``."""
+    return api.list_events(app.current_request, campaign_id, wiring.settings())
+
+
 @app.route("/campaigns/{campaign_id}/pause", methods=["POST"], authorizer=token_authorizer, cors=True)
 def pause_campaign(campaign_id: str) -> Any:
     wiring.settings()

@@ -15,12 +15,12 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import alerts, stats
+from chalicelib import alerts, engagement_stats, stats
 from chalicelib.live import stats_payload
 from chalicelib.models import COMPLETED, COMPLETED_WITH_FAILURES, PAUSED, Campaign
 from chalicelib.realtime import LiveSink, broadcast
 from chalicelib.settings import Settings
-from chalicelib.stats import Applied, EngagementEvent, Transition
+from chalicelib.stats import Applied, Transition
 from chalicelib.timeutil import now_iso
 
 logger = logging.getLogger(__name__)
@@ -58,21 +58,6 @@ def transitions_from(records: Iterable[dict[str, Any]]) -> list[Transition]:
                 at=float(data.get("ApproximateCreationDateTime") or 0),
             )
         )
-    return out
-
-
-def engagement_from(records: Iterable[dict[str, Any]]) -> list[EngagementEvent]:
-    """New engagement events in a Lambda DynamoDB-stream event of the events table."""
-    out = []
-    for record in records:
-        data = record.get("dynamodb") or {}
-        if record.get("eventName") != "INSERT" or "SequenceNumber" not in data:
-            continue
-        image = data.get("NewImage") or {}
-        campaign = (image.get("campaign_id") or {}).get("S")
-        kind = (image.get("type") or {}).get("S")
-        if campaign and kind:
-            out.append(EngagementEvent(campaign, str(data["SequenceNumber"]), kind))
     return out
 
 
@@ -121,14 +106,40 @@ class Aggregator:
                 result.counts,
                 series[-1] if series else None,
                 result.updated_at,
+                # Rates are over delivered mail, which this batch may have moved; the
+                # engagement counters are on the same row (top links are not: not re-read).
+                engagement_stats.engagement_view({**result.engagement, **result.counts}, None),
             )
             payload["series"] = series
             self._push(payload)
         return applied
 
     def on_event_records(self, records: list[dict[str, Any]]) -> list[str]:
-        """Apply one events-stream batch (engagement counters)."""
-        return stats.apply_engagement(engagement_from(records), self.settings)
+        """Apply one events-stream batch (engagement counters), then tell each campaign's viewers."""
+        changed = engagement_stats.EngagementCounter(self.settings).apply(engagement_stats.records_from(records))
+        for campaign_id in changed if self.sink is not None else ():
+            self._push(self._engagement_payload(campaign_id))
+        return changed
+
+    def _engagement_payload(self, campaign_id: str) -> dict[str, Any]:
+        """The whole live payload from the totals row, its engagement with the top links."""
+        totals = stats.read_totals(campaign_id, self.settings)
+        counts = {k: v for k, v in totals.items() if isinstance(v, int)}
+        # The campaign's own status: a pause is written there only, and a viewer must not see
+        # an engagement push undo it.
+        try:
+            status = Campaign.get(campaign_id).status
+        except Campaign.DoesNotExist:
+            status = str(totals.get("status", ""))
+        return stats_payload(
+            campaign_id,
+            status,
+            int(totals.get("total", 0)),
+            counts,
+            None,
+            str(totals.get("updated_at") or "") or None,
+            engagement_stats.engagement_view(totals, engagement_stats.read_top_links(campaign_id, self.settings)),
+        )
 
     def _check_alerts(self, result: Applied) -> str:
         try:

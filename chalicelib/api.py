@@ -14,7 +14,7 @@ from typing import Any
 
 from chalice import Response
 
-from chalicelib import campaigns, dead_letters, idempotency, realtime, sender_domains, stream_failures
+from chalicelib import campaigns, dead_letters, event_log, idempotency, realtime, sender_domains, stream_failures
 from chalicelib.auth import ADMIN, READ, WRITE, Principal
 from chalicelib.dashboard_page import dashboard_page
 from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, PayloadTooLarge, Unauthorized
@@ -252,6 +252,19 @@ def resume(request: Any, campaign_id: str, settings: Settings) -> Response:
 def live_stats(request: Any, campaign_id: str, settings: Settings) -> Response:
     """GET /campaigns/{id}/stats."""
     return respond(request, READ, lambda p: (200, campaigns.live_stats(campaigns.get_owned(p, campaign_id), settings)))
+
+
+def list_events(request: Any, campaign_id: str, settings: Settings) -> Response:
+    """GET /campaigns/{id}/events: engagement events (``?type=``, ``?email=`` for one recipient's timeline)."""
+
+    def action(p: Principal) -> tuple[int, Any]:
+        campaign = campaigns.get_owned(p, campaign_id)
+        kind = event_log.parse_type(query(request, "type"))
+        email = event_log.parse_email(query(request, "email"))
+        limit = parse_limit(query(request, "limit"))
+        return 200, event_log.list_events(campaign.campaign_id, settings, limit, query(request, "next"), kind, email)
+
+    return respond(request, READ, action)
 
 
 def openapi(request: Any) -> Response:

@@ -11,7 +11,7 @@ from typing import Any
 from pynamodb.attributes import JSONAttribute
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import stats
+from chalicelib import engagement_stats, stats
 from chalicelib.auth import Principal
 from chalicelib.clients import aws_client
 from chalicelib.errors import Conflict, InvalidCampaign, NotFound
@@ -403,5 +403,7 @@ def live_stats(campaign: Campaign, settings: Settings) -> dict[str, Any]:
     payload["series"] = series
     payload["alerts"] = sorted(campaign.alerts_fired or [])
     payload["paused_reason"] = campaign.paused_reason
-    payload["engagement"] = {k[3:]: v for k, v in totals.items() if k.startswith("ev_")}
+    payload["engagement"] = engagement_stats.engagement_view(
+        totals, engagement_stats.read_top_links(campaign.campaign_id, settings)
+    )
     return payload

@@ -32,10 +32,16 @@ def stats_payload(
     counts: dict[str, int],
     minute: dict[str, Any] | None,
     updated_at: str | None,
+    engagement: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A campaign's live figures, as pushed and as served."""
+    """A campaign's live figures, as pushed and as served.
+
+    ``engagement`` (chalicelib/engagement_stats.py) is in every payload the events stream
+    causes and in ``GET …/stats``; a push caused by the recipients stream carries it
+    without ``top_links``, which only the events stream changes.
+    """
     full = {state: int(counts.get(state, 0)) for state in RECIPIENT_STATES}
-    return {
+    payload: dict[str, Any] = {
         "type": "stats",
         "campaign_id": campaign_id,
         "status": status,
@@ -45,3 +51,6 @@ def stats_payload(
         "minute": minute,
         "updated_at": updated_at,
     }
+    if engagement is not None:
+        payload["engagement"] = engagement
+    return payload

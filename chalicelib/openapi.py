@@ -14,6 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 from chalicelib.auth import ADMIN, READ, WRITE
+from chalicelib.engagement import EVENT_TYPES
+from chalicelib.engagement_stats import RATE_TYPES
 from chalicelib.models import (
     CAMPAIGN_SENDING,
     COMPLETED,
@@ -56,6 +58,14 @@ def obj(properties: dict[str, Any], required: list[str] | None = None, **extra: 
 
 
 COUNTS = obj({state: COUNT for state in RECIPIENT_STATES})
+ENGAGEMENT_CLASS = obj({"unique": COUNT, "total": COUNT})
+LINK = obj(
+    {
+        "url": nullable(STRING),
+        "link": nullable({**INTEGER, "description": "The link's position in the mail"}),
+        "clicks": obj({"human": COUNT, "machine": COUNT, "total": COUNT}),
+    }
+)
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": obj(
@@ -175,9 +185,45 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "series": {"type": "array", "items": ref("Minute")},
             "alerts": {"type": "array", "items": STRING},
             "paused_reason": nullable(STRING),
-            "engagement": {"type": "object", "additionalProperties": COUNT},
+            "engagement": ref("Engagement"),
         }
     ),
+    "EngagementCounts": obj(
+        {"human": ENGAGEMENT_CLASS, "machine": ENGAGEMENT_CLASS},
+        description="Unique recipients and every event; machine ones (image proxies, link scanners) apart",
+    ),
+    "Engagement": obj(
+        {
+            **{kind: ref("EngagementCounts") for kind in EVENT_TYPES},
+            "delivered": {**COUNT, "description": "sent + delivered: the rates' denominator"},
+            "rates": obj(
+                {kind: {"type": "number"} for kind in RATE_TYPES},
+                description="Human unique recipients over delivered",
+            ),
+            "top_links": {
+                "type": "array",
+                "items": LINK,
+                "description": "By human clicks; absent from pushes caused by delivery progress",
+            },
+            "updated_at": nullable(STRING),
+        },
+        required=[*EVENT_TYPES, "delivered", "rates", "updated_at"],
+        additionalProperties=COUNT,
+        description="Engagement figures; other events of the log (delivery reports: report_failed…) "
+        "are plain totals under their own names",
+    ),
+    "Event": obj(
+        {
+            "event_id": STRING,
+            "type": {"type": "string", "enum": list(EVENT_TYPES)},
+            "email": STRING,
+            "at": TIMESTAMP,
+            "machine": {"type": "boolean"},
+            "machine_reason": nullable(STRING),
+            "detail": nullable({"type": "object"}),
+        }
+    ),
+    "EventPage": obj({"events": {"type": "array", "items": ref("Event")}, "next": NEXT_TOKEN}),
     "Paused": obj({"campaign_id": STRING, "status": {"type": "string", "enum": ["paused"]}}),
     "Resumed": obj({"campaign_id": STRING, "status": {"type": "string", "enum": ["sending"]}, "requeued": COUNT}),
     "Requeued": obj({"campaign_id": STRING, "requeued": COUNT}),
@@ -265,6 +311,19 @@ TENANT = {
     "required": True,
     "description": f"The tenant as its tokens name it (at most {MAX_KEY_BYTES} bytes)",
     "schema": {"type": "string", "minLength": 1},
+}
+EVENT_TYPE = {
+    "name": "type",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": list(EVENT_TYPES)},
+}
+EVENT_EMAIL = {
+    "name": "email",
+    "in": "query",
+    "required": False,
+    "description": "One recipient's timeline (its events, oldest first)",
+    "schema": {"type": "string"},
 }
 CAMPAIGN_FILTER = {"name": "campaign_id", "in": "query", "required": False, "schema": {"type": "string"}}
 CAMPAIGN_ID = {
@@ -358,6 +417,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/campaigns/{campaign_id}/stats"): Operation(
         "Live figures, the per-minute series and alerts", (200, "Stats"), READ, errors=CAMPAIGN_ERRORS
+    ),
+    ("GET", "/campaigns/{campaign_id}/events"): Operation(
+        "A page of engagement events, by recipient, type and time",
+        (200, "EventPage"),
+        READ,
+        (EVENT_TYPE, EVENT_EMAIL, LIMIT, NEXT),
+        errors=CAMPAIGN_ERRORS,
     ),
     ("POST", "/campaigns/{campaign_id}/pause"): Operation(
         "Stop releasing and sending (within CAMPAIGN_CACHE_S)", (200, "Paused"), WRITE, errors=CAMPAIGN_ERRORS + (409,)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.clients import aws_client
@@ -170,6 +170,8 @@ class Applied:
     tenant: str
     minutes: tuple[str, ...] = ()  # every minute bucket this batch touched
     updated_at: str = ""
+    # The totals row's other figures as read (the engagement counters, chalicelib/engagement_stats.py).
+    engagement: dict[str, Any] = field(default_factory=dict)
 
 
 def apply_transitions(transitions: Iterable[Transition], settings: Settings) -> list[Applied]:
@@ -272,60 +274,6 @@ def _apply_campaign(campaign_id: str, items: list[Transition], settings: Setting
             tenant=str(current.get("tenant", "")),
             minutes=tuple(sorted(minutes)),
             updated_at=updated_at,
+            engagement={k: v for k, v in current.items() if k not in RECIPIENT_STATES},
         )
     raise RuntimeError(f"could not apply stream batch for campaign {campaign_id}: too much contention")
-
-
-@dataclass(frozen=True)
-class EngagementEvent:
-    """One new item of the events table, read from its stream."""
-
-    campaign_id: str
-    sequence: str
-    type: str
-
-
-def apply_engagement(events: list[EngagementEvent], settings: Settings) -> list[str]:
-    """Count new engagement events per campaign and type (``ev_<type>``), once per stream record.
-
-    Returns the campaigns whose counters changed.
-    """
-    client = aws_client("dynamodb", settings)
-    by_campaign: dict[str, list[EngagementEvent]] = defaultdict(list)
-    for event in events:
-        by_campaign[event.campaign_id].append(event)
-    changed = []
-    for campaign_id, items in by_campaign.items():
-        for _ in range(20):
-            current = read_totals(campaign_id, settings)
-            if not current:
-                break
-            last = current.get("seq_events", "")
-            fresh = [e for e in items if padded(e.sequence) > last]
-            if not fresh:
-                break
-            counts = Counter(f"ev_{e.type}" for e in fresh)
-            names = {"#seq": "seq_events", **{f"#e{i}": k for i, k in enumerate(counts)}}
-            values: dict[str, Any] = {
-                ":seq": {"S": max(padded(e.sequence) for e in fresh)},
-                **{f":e{i}": {"N": str(v)} for i, v in enumerate(counts.values())},
-            }
-            if last:
-                condition = "#seq = :last"
-                values[":last"] = {"S": last}
-            else:
-                condition = "attribute_not_exists(#seq)"
-            try:
-                client.update_item(
-                    TableName=_table(settings),
-                    Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
-                    UpdateExpression="SET #seq = :seq ADD " + ", ".join(f"#e{i} :e{i}" for i in range(len(counts))),
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames=names,
-                    ExpressionAttributeValues=values,
-                )
-            except client.exceptions.ConditionalCheckFailedException:
-                continue
-            changed.append(campaign_id)
-            break
-    return changed

@@ -125,6 +125,7 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
             "dynamodb:BatchWriteItem",
         ),
         _on("queue:SendDeadLetterQueue", "sqs:GetQueueAttributes"),  # GET /dlq: jobs awaiting recording
+        _on("table:EventsTable", "dynamodb:Query"),  # GET /campaigns/{id}/events
     ),
     "websocket_connect": (
         LOGS,
@@ -174,7 +175,14 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
     "aggregate_events": (
         LOGS,
         *_stream_trigger("EventsTable"),
-        _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # engagement counters
+        # chalicelib/engagement_stats.py: totals read, unique markers (conditional PutItem), counters and
+        # link items in one transaction (UpdateItem), top links re-read for the push (Query).
+        _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"),
+        _on("table:CampaignsTable", "dynamodb:GetItem"),  # the status a push shows
+        _on("index:ConnectionsTable", "dynamodb:Query"),  # the campaign's subscribers
+        # A subscriber without an endpoint: its meta item (GetItem); a gone one is removed (Query, BatchWriteItem).
+        _on("table:ConnectionsTable", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchWriteItem"),
+        _on("connections", "execute-api:ManageConnections"),  # live updates
     ),
     "record_dead_letters": (
         LOGS,

@@ -2,12 +2,14 @@
 
 Debian's Chromium drives the page served at ``/dashboard``: a 400 shows the bad
 row, a created campaign is watched live over the WebSocket until every recipient
-is sent or delivered — without the page ever reloading — and no uncaught script
-error happens on the way.
+is sent or delivered — without the page ever reloading —, its engagement figures
+(people and machines apart, top links, a recipient's timeline) appear and follow new
+events live, and no uncaught script error happens on the way.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,10 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+from chalicelib import wiring
+from chalicelib.engagement import CLICKED, OPENED, EngagementEvent, record
 from infra.local.runtime import LocalRuntime
-from tests.support.api import token
+from tests.support.api import Api, token
 
 pytestmark = pytest.mark.e2e
 
@@ -233,4 +237,57 @@ def test_campaign_is_watched_live_until_every_recipient_is_sent(
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    errors.check()
+
+
+def test_engagement_is_shown_human_and_machine_apart_and_updates_live(
+    dashboard: tuple[Page, PageErrors], rt: LocalRuntime
+) -> None:
+    page, errors = dashboard
+    api = Api(rt.api_url, token("e2e-tenant"))
+    campaign_id = api.create_campaign(3, prefix="e2e-eng")["campaign_id"]
+    api.wait_until_done(campaign_id, timeout_s=120)
+    ann, bob = "e2e-eng0@example.org", "e2e-eng1@example.org"
+    settings = wiring.settings()
+    now = time.time()
+    record(EngagementEvent(campaign_id, ann, OPENED), settings, now=now - 60)
+
+    page.click("#list-refresh")
+    page.locator("#campaign-list button", has_text="test e2e-eng").first.click()
+    expect(page.locator("#watch-id")).to_have_text(campaign_id)
+    expect(page.locator("#ws-state")).to_have_text("live", timeout=LIVE_TIMEOUT_MS)
+    # The snapshot (GET /stats) already has the first open.
+    expect(page.locator("#eng-opened-human-unique")).to_have_text("1", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#top-links-empty")).to_be_visible()
+    before = load_marker(page)
+
+    # Then, live: the same pixel again, an image proxy, a click.
+    record(EngagementEvent(campaign_id, ann, OPENED), settings, now=now - 50)
+    record(EngagementEvent(campaign_id, bob, OPENED, machine=True, machine_reason="image_proxy"), settings, now - 40)
+    record(EngagementEvent(campaign_id, ann, CLICKED, detail={"link": 0, "url": "https://example.com/a"}), settings)
+
+    expect(page.locator("#eng-opened-human-total")).to_have_text("2", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#eng-opened-human-unique")).to_have_text("1")
+    expect(page.locator("#eng-opened-machine-unique")).to_have_text("1", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#eng-opened-machine-total")).to_have_text("1")
+    expect(page.locator("#eng-clicked-human-unique")).to_have_text("1", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#eng-opened-rate")).to_have_text("33.3%")
+    expect(page.locator("#eng-clicked-rate")).to_have_text("33.3%")
+    top = page.locator("#top-links li")
+    expect(top).to_have_count(1, timeout=LIVE_TIMEOUT_MS)
+    expect(top.first).to_have_attribute("data-url", "https://example.com/a")
+    expect(top.first).to_contain_text("1 people · 0 machines")
+    assert page.evaluate("window.mailpipeDashboard.engagementPushes()") > 0, "no engagement figures were pushed"
+    assert load_marker(page) == before, "the page reloaded"
+
+    # A recipient's timeline in the recipients table.
+    page.click("#r-load")
+    row = page.locator("#recipients-table tbody tr", has_text=ann)
+    row.locator("details.timeline-box summary").click()
+    timeline = row.locator("ol.timeline li")
+    expect(timeline).to_have_count(3)
+    expect(row.locator("ol.timeline")).to_contain_text("clicked https://example.com/a")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-engagement.png"), full_page=True)
     errors.check()

@@ -86,6 +86,13 @@ NOT_ALWAYS_REACHED: dict[tuple[str, str, str], str] = {
         "a job whose recipient is not claimable (claimed by a duplicate, or deferred and not yet due) "
         "reads its state; only timing decides whether a job arrives that early"
     ),
+    **{
+        ("aggregate_events", action, "table:ConnectionsTable"): (
+            "a subscriber without an endpoint, or gone, is looked up and removed by whichever aggregator "
+            "pushes to it first; in this session that is aggregate_recipients"
+        )
+        for action in ("dynamodb:GetItem", "dynamodb:Query", "dynamodb:BatchWriteItem")
+    },
     ("api_handler", "dynamodb:PutItem", "table:DeadLettersTable"): (
         "a redrive puts a dead letter back only when sending its job back to the release queue failed"
     ),
@@ -433,6 +440,7 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
         assert status == 200, (path, body)
     assert api.call("GET", "/dashboard")[0] == 200
     exercise_stream_failures(runtime, api)
+    exercise_engagement(runtime, api, alerting)
 
     # The aggregator pushed to the viewer too, not only the subscription's reply.
     viewer.wait_for(lambda m: m.get("type") == "stats" and m["status"].startswith("completed"))
@@ -494,6 +502,27 @@ def exercise_release_dead_letters(runtime: LocalRuntime, api: Api) -> None:
     status, moved = api.call("POST", "/dlq/redrive")
     assert status == 202 and moved["moved"] == counts["failed"]
     assert api.wait_until_done(stalled, timeout_s=60)["counts"]["failed"] == 0
+
+
+def exercise_engagement(runtime: LocalRuntime, api: Api, campaign_id: str) -> None:
+    """An open, as the tracking route records it: counted as a unique (a marker put), then listed."""
+    runtime.external_client("dynamodb").put_item(
+        TableName=wiring.settings().table_name("events"),
+        Item={
+            "campaign_id": {"S": campaign_id},
+            "event_id": {"S": "ok0@example.org#opened#t1764300000000abcd0001"},
+            "type": {"S": "opened"},
+            "email": {"S": "ok0@example.org"},
+            "at": {"S": "2026-11-28T03:20:00.000Z"},
+            "machine": {"BOOL": False},
+        },
+    )
+    wait_until(
+        lambda: api.call("GET", f"/campaigns/{campaign_id}/stats")[1]["engagement"]["opened"]["human"]["unique"],
+        timeout_s=60,
+    )
+    status, listed = api.call("GET", f"/campaigns/{campaign_id}/events?type=opened")
+    assert status == 200 and [e["email"] for e in listed["events"]] == ["ok0@example.org"]
 
 
 def exercise_stream_failures(runtime: LocalRuntime, api: Api) -> None:

@@ -178,7 +178,7 @@ def test_only_the_functions_that_push_may_post_to_connections() -> None:
         if any(action == "execute-api:ManageConnections" for action, _ in granted(function, literal()))
     }
 
-    assert posting == {"websocket_message", "aggregate_recipients"}
+    assert posting == {"websocket_message", "aggregate_recipients", "aggregate_events"}
 
 
 def test_literal_arns_render_the_exact_policy() -> None:
