@@ -199,6 +199,22 @@ def _undo(campaign_id: str, emails: list[str], settings: Settings) -> None:
         logger.exception("could not undo the failed creation of campaign %s", campaign_id)
 
 
+class CampaignOwners:
+    """Campaign → tenant, each campaign read once for the life of this object (one invocation)."""
+
+    def __init__(self) -> None:
+        self._tenants: dict[str, str | None] = {}
+
+    def tenant_of(self, campaign_id: str) -> str | None:
+        """The campaign's tenant, or None when the campaign is gone."""
+        if campaign_id not in self._tenants:
+            try:
+                self._tenants[campaign_id] = Campaign.get(campaign_id).tenant
+            except Campaign.DoesNotExist:
+                self._tenants[campaign_id] = None
+        return self._tenants[campaign_id]
+
+
 def get_owned(principal: Principal, campaign_id: str) -> Campaign:
     """The caller's campaign; another tenant's is NotFound, exactly like a missing one."""
     try:

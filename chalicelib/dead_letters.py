@@ -48,10 +48,10 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pynamodb.exceptions import DeleteError, PutError
 
-from chalicelib.campaigns import reopen_campaign
+from chalicelib.campaigns import CampaignOwners, reopen_campaign
 from chalicelib.clients import aws_client, ensure_models
 from chalicelib.errors import InvalidCampaign
-from chalicelib.models import FAILED, PENDING, Campaign, DeadLetter, Recipient
+from chalicelib.models import FAILED, PENDING, DeadLetter, Recipient
 from chalicelib.pagination import decode_token, encode_token
 from chalicelib.queues import Queue
 from chalicelib.recipients import RecipientStore, current
@@ -198,16 +198,11 @@ class StoredCampaigns:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._tenants: dict[str, str | None] = {}
+        self._owners = CampaignOwners()
 
     def tenant_of(self, campaign_id: str) -> str | None:
         """The owner, read once per campaign per batch."""
-        if campaign_id not in self._tenants:
-            try:
-                self._tenants[campaign_id] = Campaign.get(campaign_id).tenant
-            except Campaign.DoesNotExist:
-                self._tenants[campaign_id] = None
-        return self._tenants[campaign_id]
+        return self._owners.tenant_of(campaign_id)
 
     def resend(self, campaign_id: str, emails: list[str]) -> None:
         """The campaign says ``sending`` again at once, then its recipients go to the release stage."""

@@ -56,11 +56,12 @@ from typing import Any
 
 from chalicelib import bounces, inbound
 from chalicelib.bounces import BounceMessage, Verdict, read_bounce
+from chalicelib.campaigns import CampaignOwners
 from chalicelib.clients import aws_client
 from chalicelib.engagement import AUTO_REPLIED, COMPLAINED, REPLIED, UNSUBSCRIBED, EngagementEvent, record
 from chalicelib.inbound import Inbound, read_inbound
 from chalicelib.mailbox_reader import ReportMailbox, open_mailbox
-from chalicelib.models import BOUNCED, DELIVERED, FAILED, SENT, Campaign
+from chalicelib.models import BOUNCED, DELIVERED, FAILED, SENT
 from chalicelib.recipients import history_entry
 from chalicelib.settings import Settings
 from chalicelib.suppressions import suppress
@@ -177,7 +178,7 @@ class ReportReader:
         self.recipients_per_run = recipients_per_run
         self.time_budget_s = time_budget_s
         self._clock = clock
-        self._tenants: dict[str, str | None] = {}
+        self._owners = CampaignOwners()
 
     def read(self, mailbox: ReportMailbox, limit: int = BATCH) -> dict[str, int]:
         """Process unread messages, oldest first, within one run's budget; returns what happened, by kind.
@@ -272,7 +273,7 @@ class ReportReader:
         if email is None:
             return "unmatched"
         if event_type in (COMPLAINED, UNSUBSCRIBED):
-            tenant = self._tenant(campaign_id)
+            tenant = self._owners.tenant_of(campaign_id)
             if tenant is None:
                 return "unmatched"
             # Suppressed before the event: whoever sees the event can rely on the suppression.
@@ -321,7 +322,7 @@ class ReportReader:
             reply = _reply(verdict)
             if verdict.kind == bounces.PERMANENT:
                 # Suppressed before the transition: a recipient seen as bounced is always suppressed.
-                tenant = self._tenant(campaign_id)
+                tenant = self._owners.tenant_of(campaign_id)
                 if tenant:
                     suppress(tenant, email, f"bounced: {reply}", campaign_id)
             # One conditional write each: batched writes cannot carry conditions, and a transaction
@@ -410,14 +411,6 @@ class ReportReader:
         except self.client.exceptions.ConditionalCheckFailedException:
             return False
         return True
-
-    def _tenant(self, campaign_id: str) -> str | None:
-        if campaign_id not in self._tenants:
-            try:
-                self._tenants[campaign_id] = Campaign.get(campaign_id).tenant
-            except Campaign.DoesNotExist:
-                self._tenants[campaign_id] = None
-        return self._tenants[campaign_id]
 
     @staticmethod
     def _progress_key(raw: bytes) -> dict[str, Any]:
