@@ -726,6 +726,9 @@ def message_bytes(
 _HREF = re.compile(r"""(<(?:a|area)\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 # A URL in a text part: up to whitespace or a character that cannot end one in prose.
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'{}]+""", re.IGNORECASE)
+# The same in a template's source, where it may run into template syntax ({{ … }}): such a
+# URL is built per recipient and is not one of the campaign's links.
+_SOURCE_URL = re.compile(r"""https?://[^\s<>"']+""", re.IGNORECASE)
 _TRAILING_PUNCTUATION = ".,;:!?)]"
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _TEMPLATE_SYNTAX = ("{{", "{%", "{#")
@@ -749,7 +752,7 @@ def campaign_links(text: str | None, html: str | None) -> tuple[str, ...]:
     anything more. A link built from a variable is not in the list and is never rewritten.
     """
     seen: dict[str, None] = {}
-    for match in _TEXT_URL.finditer(text or ""):
+    for match in _SOURCE_URL.finditer(text or ""):
         url = _trim_url(match.group(0))
         if _trackable(url):
             seen.setdefault(url, None)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import ipaddress
+import json
 import logging
 import threading
 import time
@@ -319,9 +320,9 @@ def accepts_gif(accept: str) -> bool:
 def not_found() -> Response:
     """A forged, altered or stale token: nothing to redirect to, nothing recorded."""
     return Response(
-        body="Not found\n",
+        body=json.dumps({"error": "not_found", "message": "no such link"}),
         status_code=404,
-        headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": NO_STORE},
+        headers={"Content-Type": "application/json", "Cache-Control": NO_STORE},
     )
 
 
