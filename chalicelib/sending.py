@@ -174,6 +174,8 @@ class Sender:
         self.mailer = mailer
         self.send_queue = send_queue
         self.campaigns = campaigns or CampaignCache(settings=settings)
+        if self.campaigns.settings is None:
+            self.campaigns.settings = settings  # a cache handed in still renders tracked mails
         self.clock = clock
         self.rng = rng or random.Random()
         self.recipients = RecipientStore(settings)

@@ -106,7 +106,10 @@ def overridden(**services: Any) -> Iterator[None]:
     finally:
         _drop_services()
         with _lock:
-            _overrides.clear()
+            # Never empty in between: a handler running on another thread meanwhile would get
+            # the environment's settings (a different endpoint), rebinding every model and client.
+            for name in [name for name in _overrides if name not in saved]:
+                del _overrides[name]
             _overrides.update(saved)
 
 

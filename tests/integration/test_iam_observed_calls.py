@@ -23,6 +23,7 @@ import contextvars
 import json
 import re
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -35,13 +36,14 @@ import pytest
 from chalice.app import ChaliceAuthorizer, EventSourceHandler
 
 import app as app_module
-from chalicelib import wiring
+from chalicelib import tracking_tokens, wiring
 from chalicelib.clients import aws_client, botocore_clients, management_client
 from chalicelib.errors import TemporaryDeliveryError
 from chalicelib.models import ALL_MODELS
 from chalicelib.queues import Queue
 from chalicelib.sending import CampaignCache, Sender
 from chalicelib.smtp import Envelope, SmtpPool
+from chalicelib.tracking_tokens import TrackingToken
 from infra.deploy.iam import (
     FUNCTION_GRANTS,
     SQS_TRIGGER_ACTIONS,
@@ -429,6 +431,7 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
         status, body = api.call("GET", f"/campaigns/{alerting}{path}")
         assert status == 200, (path, body)
     assert api.call("GET", "/dashboard")[0] == 200
+    exercise_tracking(runtime, bulk)
     exercise_stream_failures(runtime, api)
 
     # The aggregator pushed to the viewer too, not only the subscription's reply.
@@ -440,6 +443,28 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
         lambda: not connections.scan(TableName=connections_table)["Items"], timeout_s=120
     )  # $disconnect forgot it all
     runtime.run_scheduled("read_delivery_reports")
+
+
+def exercise_tracking(runtime: LocalRuntime, campaign_id: str) -> None:
+    """A recipient's mail is opened, a link clicked, and the list left in one click (public routes)."""
+    assert runtime.settings
+    secret = runtime.settings.tracking_secret
+
+    def url(kind: str, link: int | None = None) -> str:
+        token = tracking_tokens.mint(TrackingToken(kind, campaign_id, "bulk0@example.org", 0, link), secret)
+        return f"{runtime.api_url}/{kind}/{token}"
+
+    opened = urllib.request.Request(url(tracking_tokens.OPEN), headers={"Accept": "*/*"})
+    with urllib.request.urlopen(opened, timeout=30) as response:
+        assert response.status == 200
+    one_click = urllib.request.Request(
+        url(tracking_tokens.UNSUBSCRIBE),
+        method="POST",
+        data=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with urllib.request.urlopen(one_click, timeout=30) as response:
+        assert response.status == 200
 
 
 def exercise_idempotency_key(api: Api) -> None:
