@@ -15,6 +15,10 @@ from chalicelib.tracking import TrackingRequest
 
 app = Chalice(app_name="mailpipe")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
+# The open pixel is a GIF. API Gateway sends a binary body only when the request's first Accept
+# type is one of the API's binary media types, and browsers and image proxies ask for
+# image/avif, image/webp… first: image/* covers them all.
+app.api.binary_types.append("image/*")
 
 # Every trigger names its real queue or stream: `make deploy` records the resources
 # stack's outputs in the stage's environment (.chalice/config.json), which Chalice

@@ -882,13 +882,6 @@ def _before_body_end(html: str, extra: str) -> str:
     return html[:at] + extra + html[at:]
 
 
-def recipient_urls(templates: CampaignTemplates, email: str, now: float | None = None) -> RecipientUrls | None:
-    """The tracking URLs a recipient's mail carries (None when the campaign is not tracked)."""
-    if templates.tracking is None:
-        return None
-    return _tracked(templates).urls_for(email, now)
-
-
 @lru_cache(maxsize=64)
 def _tracked(templates: CampaignTemplates) -> _TrackedLinks:
     return _TrackedLinks(templates)

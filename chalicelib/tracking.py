@@ -314,7 +314,7 @@ class TrackingRoutes:
 def accepts_gif(accept: str) -> bool:
     """Whether API Gateway would send a GIF body to a client sending this Accept header."""
     parts = {p.strip().lower() for p in accept.replace(";", ",").split(",")}
-    return "*/*" in parts or "image/gif" in parts
+    return bool(parts & {"*/*", "image/*", "image/gif"})
 
 
 def not_found() -> Response:

@@ -293,7 +293,14 @@ def test_the_page_escapes_the_address() -> None:
 
 @pytest.mark.parametrize(
     ("accept", "gif"),
-    [("*/*", True), ("image/webp,image/*,*/*;q=0.8", True), ("image/gif", True), ("", False), ("image/*", False)],
+    [
+        ("*/*", True),
+        ("image/webp,image/*,*/*;q=0.8", True),
+        ("image/gif", True),
+        ("image/*", True),
+        ("", False),
+        ("text/html", False),
+    ],
 )
 def test_accepts_gif_follows_api_gateways_binary_rule(accept: str, gif: bool) -> None:
     assert accepts_gif(accept) is gif
