@@ -5,7 +5,7 @@ CHECKOV_VENV := .venv-checkov
 MINISTACK_VENV := .venv-ministack
 PY := $(VENV)/bin/python
 
-.PHONY: install run test unit integration e2e demo bench token lint package deploy destroy browser checkov clean
+.PHONY: install run test unit integration e2e demo bench bench-tracking token lint package deploy destroy browser checkov clean
 
 install: $(VENV)/.installed $(MINISTACK_VENV)/.installed
 
@@ -56,6 +56,10 @@ demo: install
 
 bench: install
 	$(PY) -m bench.run --n $(or $(N),10000)
+
+# Open-pixel and click requests/s against a static page on the same local gateway, DynamoDB writes per event.
+bench-tracking: install
+	$(PY) -m bench.tracking --seconds $(or $(SECONDS),5)
 
 token: install
 	@$(PY) -m infra.local token --tenant $(or $(TENANT),demo)

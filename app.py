@@ -11,9 +11,14 @@ from chalicelib.auth import bearer_token, verify_token
 from chalicelib.errors import Unauthorized
 from chalicelib.release import ChunkJob
 from chalicelib.settings import get_settings
+from chalicelib.tracking import TrackingRequest
 
 app = Chalice(app_name="mailpipe")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
+# The open pixel is a GIF. API Gateway sends a binary body only when the request's first Accept
+# type is one of the API's binary media types, and browsers and image proxies ask for
+# image/avif, image/webp… first: image/* covers them all.
+app.api.binary_types.append("image/*")
 
 # Every trigger names its real queue or stream: `make deploy` records the resources
 # stack's outputs in the stage's environment (.chalice/config.json), which Chalice
@@ -139,6 +144,36 @@ def resume_campaign(campaign_id: str) -> Any:
 @app.route("/dashboard", methods=["GET"])
 def dashboard() -> Any:
     return api.dashboard(wiring.settings())
+
+
+# Public tracking routes (no authorizer: the signed token is the credential). A form POST
+# (the confirmation page, RFC 8058 one-click) is form-encoded; Chalice refuses unlisted types.
+UNSUBSCRIBE_CONTENT_TYPES = [
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "text/plain",
+    "application/json",
+]
+
+
+@app.route("/u/{token}", methods=["GET"])
+def unsubscribe_page(token: str) -> Any:
+    return wiring.tracking().unsubscribe_page(TrackingRequest.of(app.current_request, token))
+
+
+@app.route("/u/{token}", methods=["POST"], content_types=UNSUBSCRIBE_CONTENT_TYPES)
+def unsubscribe(token: str) -> Any:
+    return wiring.tracking().unsubscribe(TrackingRequest.of(app.current_request, token))
+
+
+@app.route("/o/{token}", methods=["GET", "HEAD"])
+def open_pixel(token: str) -> Any:
+    return wiring.tracking().open_pixel(TrackingRequest.of(app.current_request, token))
+
+
+@app.route("/c/{token}", methods=["GET", "HEAD"])
+def click(token: str) -> Any:
+    return wiring.tracking().click(TrackingRequest.of(app.current_request, token))
 
 
 @app.route("/openapi.json", methods=["GET"], cors=True)

@@ -80,6 +80,8 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         alert_bounce_rate=request.alerts.get("bounce_rate"),
         alert_failure_rate=request.alerts.get("failure_rate"),
         alert_min_sends=request.alerts.get("min_sends"),
+        track_opens=request.track_opens,
+        track_clicks=request.track_clicks,
         created_at=created,
         updated_at=created,
     )

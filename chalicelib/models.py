@@ -81,6 +81,9 @@ class Campaign(Model):
     alert_min_sends = NumberAttribute(null=True)
     alerts_fired = UnicodeSetAttribute(null=True)
     paused_reason = UnicodeAttribute(null=True)
+    # Engagement tracking switches (None, as on campaigns made before them: on).
+    track_opens = BooleanAttribute(null=True)
+    track_clicks = BooleanAttribute(null=True)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute(null=True)
     tenant_index = TenantCreatedIndex()

@@ -110,6 +110,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "html": {"type": "string", "description": "A template"},
             "recipients": {"type": "array", "minItems": 1, "items": ref("Recipient")},
             "alerts": ref("Alerts"),
+            "track_opens": {"type": "boolean", "default": True, "description": "A 1x1 open pixel in html parts"},
+            "track_clicks": {
+                "type": "boolean",
+                "default": True,
+                "description": "Links rewritten to per-recipient click-tracking URLs",
+            },
         },
         required=["name", "from", "subject", "recipients"],
     ),
@@ -282,6 +288,16 @@ ERRORS = {
     413: _error("The body or the recipient list is over the limit"),
     422: _error("The Idempotency-Key was used before with a different body"),
 }
+# The public tracking routes answer a forged, altered or unknown token with a bare 404.
+TRACKING_NOT_FOUND = _error("The token does not verify (or names nothing): no redirect, nothing recorded")
+TRACKING_TOKEN = {
+    "name": "token",
+    "in": "path",
+    "required": True,
+    "description": "A signed tracking token from a campaign mail ([A-Za-z0-9_-])",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+$"},
+}
+NO_STORE = {"Cache-Control": {"description": "no-store, max-age=0", "schema": STRING}}
 
 LIMIT = {
     "name": "limit",
@@ -349,11 +365,27 @@ class Operation:
     def document(self, method: str, path: str) -> dict[str, Any]:
         """The OpenAPI operation object."""
         status, schema = self.ok
+        answer: dict[str, Any] = {"description": self.summary}
         if schema == "html":
-            content = {"text/html": {"schema": STRING}}
+            answer["content"] = {"text/html": {"schema": STRING}}
+        elif schema == "gif":
+            answer["content"] = {"image/gif": {"schema": {"type": "string", "format": "binary"}}}
+            answer["headers"] = dict(NO_STORE)
+        elif schema == "redirect":
+            answer["headers"] = {
+                "Location": {"description": "The link the campaign stored", "schema": STRING},
+                **NO_STORE,
+            }
         else:
-            content = {"application/json": {"schema": ref(schema)}}
-        responses: dict[str, Any] = {str(status): {"description": self.summary, "content": content}}
+            answer["content"] = {"application/json": {"schema": ref(schema)}}
+        responses: dict[str, Any] = {str(status): answer}
+        if "{token}" in path:
+            responses["404"] = TRACKING_NOT_FOUND
+            if schema == "gif":
+                responses["204"] = {
+                    "description": "Recorded; no GIF for a client whose Accept names neither image/gif nor */*",
+                    "headers": dict(NO_STORE),
+                }
         codes = ((400, 401, 403) if self.scope else ()) + self.errors
         for code in sorted(set(codes)):
             responses[str(code)] = ERRORS[code]
@@ -368,11 +400,22 @@ class Operation:
         else:
             operation["security"] = []
         path_parameters = tuple(
-            parameter for name, parameter in (("{campaign_id}", CAMPAIGN_ID), ("{tenant}", TENANT)) if name in path
+            parameter
+            for name, parameter in (("{campaign_id}", CAMPAIGN_ID), ("{tenant}", TENANT), ("{token}", TRACKING_TOKEN))
+            if name in path
         )
         if path_parameters or self.parameters:
             operation["parameters"] = list(path_parameters + self.parameters)
-        if self.body:
+        if self.body == "OneClick":
+            operation["requestBody"] = {
+                "required": False,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": obj({"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}}, required=[])
+                    }
+                },
+            }
+        elif self.body:
             operation["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": ref(self.body)}},
@@ -449,6 +492,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/"): Operation("The live dashboard", (200, "html")),
     ("GET", "/dashboard"): Operation("The live dashboard", (200, "html")),
     ("GET", "/openapi.json"): Operation("This document", (200, "OpenApi")),
+    # Public tracking routes, in every campaign mail (README "Engagement tracking").
+    ("GET", "/u/{token}"): Operation("The unsubscribe confirmation page; changes nothing", (200, "html")),
+    ("POST", "/u/{token}"): Operation(
+        "Unsubscribe at once (RFC 8058 one-click): suppressed for the tenant, an unsubscribed event",
+        (200, "html"),
+        body="OneClick",
+    ),
+    ("GET", "/o/{token}"): Operation("The 1x1 open pixel; records opened", (200, "gif")),
+    ("HEAD", "/o/{token}"): Operation("The open pixel's headers; records opened, flagged machine", (200, "gif")),
+    ("GET", "/c/{token}"): Operation("Redirect to the campaign's link; records clicked", (302, "redirect")),
+    ("HEAD", "/c/{token}"): Operation(
+        "The click redirect's headers; records clicked, flagged machine", (302, "redirect")
+    ),
 }
 
 

@@ -8,6 +8,14 @@ are serialized once per campaign and container (``MessageSkeleton``), and a
 recipient's own parts are written directly when they need no encoding (ASCII
 headers that fit on a line, bodies whose lines fit); anything else goes the
 ``EmailMessage`` way.
+
+With ``CampaignTemplates.tracking`` set, every mail also carries what issue 10's engagement
+tracking needs (``personalize``): ``List-Unsubscribe`` and ``List-Unsubscribe-Post``
+(RFC 2369, RFC 8058), an ``unsubscribe_url`` template variable and a footer for a body that
+does not use it, a 1×1 open pixel in the html part, links rewritten to per-recipient click
+URLs (only those in ``campaign_links``, the list a click's route redirects to), and a
+plus-addressed ``Reply-To`` when the campaign has none. Every URL carries a signed token
+(``chalicelib.tracking_tokens``) that holds all its route needs.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from functools import lru_cache
+from html import unescape
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, TemplateRuntimeError, meta, nodes, pass_context
@@ -32,6 +41,9 @@ from jinja2.runtime import Context, markup_join, str_join
 from jinja2.sandbox import MAX_RANGE, SandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
+
+from chalicelib import tracking_tokens
+from chalicelib.tracking_tokens import TrackingToken
 
 # -- the render budget ---------------------------------------------------------------------------
 #
@@ -376,6 +388,17 @@ _html_env = BudgetedEnvironment(undefined=StrictUndefined, autoescape=True)
 
 
 @dataclass(frozen=True)
+class Tracking:
+    """How a campaign's mails point back at the tracking routes (issue 10)."""
+
+    secret: str  # settings.tracking_secret: signs every token
+    base_url: str  # settings.public_api_url; empty: a mailto-only unsubscribe, no pixel, no click URLs
+    report_address: str  # settings.bounce_address: its mailbox takes the mailto unsubscribes and the replies
+    opens: bool = True
+    clicks: bool = True
+
+
+@dataclass(frozen=True)
 class CampaignTemplates:
     """The templates and fixed headers a campaign renders for every recipient."""
 
@@ -385,6 +408,7 @@ class CampaignTemplates:
     text: str | None
     html: str | None
     reply_to: str | None = None
+    tracking: Tracking | None = None  # None: a mail with no tracking at all (tests, benches)
 
 
 def message_id(campaign_id: str, email: str, domain: str) -> str:
@@ -448,11 +472,12 @@ def render_field(source: str, context: dict[str, Any], html: bool = False, budge
 
 @dataclass(frozen=True)
 class RenderedFields:
-    """A recipient's rendered subject (one line) and bodies."""
+    """A recipient's rendered subject (one line) and bodies, and their own extra headers."""
 
     subject: str
     text: str | None
     html: str | None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def _render_named(field: str, source: str, context: dict[str, Any]) -> str:
@@ -470,7 +495,9 @@ def render_fields(
 
     Raises jinja2.TemplateError; ``RenderBudgetExceeded.field`` names the field that overran.
     """
-    context = recipient_context(email, variables)
+    links = _tracked(templates) if templates.tracking is not None else None
+    urls = links.urls_for(email) if links is not None else None
+    context = recipient_context(email, variables, urls.unsubscribe if urls is not None else "")
     previous, _local.meter = _local.meter, _Meter(budget or _DEFAULT_BUDGET)  # metered(), without its overhead
     try:
         # A variable could smuggle a line break into the subject; headers must stay one line.
@@ -479,13 +506,21 @@ def render_fields(
         html = _render_named("html", templates.html, context) if templates.html is not None else None
     finally:
         _local.meter = previous
-    return RenderedFields(subject, text, html)
+    if links is None or urls is None:
+        return RenderedFields(subject, text, html)
+    return links.personalize(RenderedFields(subject, text, html), urls, email)
 
 
-def recipient_context(email: str, variables: dict[str, Any] | None) -> dict[str, Any]:
-    """What a template sees for one recipient: their vars plus ``email``."""
+# Variables every template may use without a recipient supplying them.
+BUILTIN_VARIABLES = frozenset({"email", "unsubscribe_url"})
+
+
+def recipient_context(email: str, variables: dict[str, Any] | None, unsubscribe_url: str = "") -> dict[str, Any]:
+    """What a template sees for one recipient: their vars plus ``email`` and ``unsubscribe_url``."""
     context = dict(variables or {})
     context.setdefault("email", email)
+    # Ours, never the recipient's: a row cannot point the unsubscribe link elsewhere.
+    context["unsubscribe_url"] = unsubscribe_url
     return context
 
 
@@ -509,7 +544,7 @@ def _assemble(
     message_id_domain: str,
     extra_headers: dict[str, str] | None = None,
 ) -> EmailMessage:
-    msg = EmailMessage()
+    msg = EmailMessage(policy=_POLICY)
     msg["From"] = templates.from_addr
     msg["To"] = email
     msg["Subject"] = rendered.subject
@@ -518,21 +553,34 @@ def _assemble(
     if templates.reply_to:
         msg["Reply-To"] = templates.reply_to
     msg["X-Mailpipe-Campaign"] = templates.campaign_id
+    for name, value in rendered.headers:
+        msg.set_raw(name, value)  # already folded, ASCII: no encoded words in a URL or an address
     for name, value in (extra_headers or {}).items():
         msg[name] = value
     text, html = rendered.text, rendered.html
     if text is not None:
-        msg.set_content(text)
+        msg.set_content(text, cte=_long_line_cte(text))
         if html is not None:
-            msg.add_alternative(html, subtype="html")
+            msg.add_alternative(html, subtype="html", cte=_long_line_cte(html))
     else:
-        msg.set_content(html or "", subtype="html")
+        msg.set_content(html or "", subtype="html", cte=_long_line_cte(html or ""))
     return msg
+
+
+def _long_line_cte(text: str) -> str | None:
+    """7bit/8bit while every line fits SMTP's 998 (tracking URLs make lines long); else None: QP or base64."""
+    lines = text.encode("utf-8").splitlines()
+    if any(len(line) > MAX_BODY_LINE for line in lines):
+        return None
+    return "7bit" if text.isascii() else "8bit"
 
 
 # -- the same mail as bytes, from a skeleton built once per campaign ------------------------------
 
-_POLICY = policy.default  # what EmailMessage.as_bytes() serializes with: "\n" line ends, 78-column lines
+# What the mails serialize with: "\n" line ends, 78-column headers; a raw header (set_raw: the
+# tracking headers, folded by us) is written as given, never refolded into encoded words.
+_POLICY = policy.default.clone(refold_source="none")
+MAX_BODY_LINE = 998  # RFC 5322 2.1.1: a line's hard limit, CRLF excluded
 _SIMPLE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 _PRINTABLE_ASCII = re.compile(r"[ -~]*")
 
@@ -554,9 +602,9 @@ def _header(name: str, value: str) -> bytes:
 
 
 def _body(text: str) -> tuple[str, bytes] | None:
-    """(Content-Transfer-Encoding, body) as EmailMessage.set_content writes utf-8 text; None when it needs QP/base64."""
+    """(Content-Transfer-Encoding, body) as ``_assemble`` writes utf-8 text; None when it needs QP/base64."""
     lines = text.encode("utf-8").splitlines()
-    if any(len(line) > _POLICY.max_line_length for line in lines):
+    if any(len(line) > MAX_BODY_LINE for line in lines):
         return None
     body = b"\n".join(lines) + b"\n"
     return ("7bit" if body.isascii() else "8bit"), body
@@ -604,6 +652,7 @@ class MessageSkeleton:
                 f"Date: {_date_now()}\n".encode("ascii"),
                 f"Message-ID: {message_id(t.campaign_id, email, message_id_domain)}\n".encode("ascii"),
                 self.tail_headers,
+                *(f"{name}: {value}\n".encode("ascii") for name, value in rendered.headers),
             )
         )
         if len(parts) == 1:
@@ -668,3 +717,171 @@ def message_bytes(
         # RFC 6532 UTF-8, and the sender sends the mail with SMTPUTF8 or not at all.
         return _assemble(templates, email, rendered, domain).as_bytes(policy=_POLICY.clone(utf8=True))
     return _assemble(templates, email, rendered, domain).as_bytes()
+
+
+# -- engagement tracking: unsubscribe headers and footer, open pixel, click URLs -----------------
+
+# An <a>/<area> href, quoted either way. Good enough for the mail html tenants write; a link
+# this misses simply stays as written (untracked), it never breaks.
+_HREF = re.compile(r"""(<(?:a|area)\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+# A URL in a text part: up to whitespace or a character that cannot end one in prose.
+_TEXT_URL = re.compile(r"""https?://[^\s<>"'{}]+""", re.IGNORECASE)
+# The same in a template's source, where it may run into template syntax ({{ … }}): such a
+# URL is built per recipient and is not one of the campaign's links.
+_SOURCE_URL = re.compile(r"""https?://[^\s<>"']+""", re.IGNORECASE)
+_TRAILING_PUNCTUATION = ".,;:!?)]"
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+_TEMPLATE_SYNTAX = ("{{", "{%", "{#")
+
+
+def _trim_url(url: str) -> str:
+    return url.rstrip(_TRAILING_PUNCTUATION)
+
+
+def _trackable(url: str) -> bool:
+    """Only static http(s) links: not mailto:, tel:, #anchors, nor links built from variables."""
+    lowered = url.lower()
+    return lowered.startswith(("http://", "https://")) and not any(mark in url for mark in _TEMPLATE_SYNTAX)
+
+
+def campaign_links(text: str | None, html: str | None) -> tuple[str, ...]:
+    """The campaign's trackable links, index → URL: what a click's route may redirect to.
+
+    Derived from the stored templates alone (text part first, then html, each URL once), so
+    the sender that rewrites links and the route that answers a click agree without storing
+    anything more. A link built from a variable is not in the list and is never rewritten.
+    """
+    seen: dict[str, None] = {}
+    for match in _SOURCE_URL.finditer(text or ""):
+        url = _trim_url(match.group(0))
+        if _trackable(url):
+            seen.setdefault(url, None)
+    for match in _HREF.finditer(html or ""):
+        url = unescape(match.group(3)).strip()
+        if _trackable(url):
+            seen.setdefault(url, None)
+    return tuple(seen)[: tracking_tokens.MAX_LINKS]
+
+
+@dataclass(frozen=True)
+class RecipientUrls:
+    """The tracking URLs of one recipient's mail."""
+
+    rendered_at: int
+    unsubscribe: str  # the https one-click URL, or the mailto when there is no public URL
+    unsubscribe_mailto: str
+    open_pixel: str | None
+    reply_to: str | None
+
+
+def _plus_address(address: str, token: str) -> str:
+    local, _, domain = address.rpartition("@")
+    local = local.split("+", 1)[0]
+    return f"{local}+{token}@{domain}"
+
+
+class _TrackedLinks:
+    """A campaign's tracking, prepared once per campaign and container."""
+
+    def __init__(self, templates: CampaignTemplates) -> None:
+        assert templates.tracking is not None
+        self.campaign_id = templates.campaign_id
+        self.tracking = templates.tracking
+        self.base = self.tracking.base_url.rstrip("/")
+        self.reply_tracked = not templates.reply_to
+        links = campaign_links(templates.text, templates.html) if self.tracking.clicks and self.base else ()
+        self.link_index = {url: index for index, url in enumerate(links)}
+
+    def _token(self, kind: str, email: str, rendered_at: int, link: int | None = None) -> str:
+        return tracking_tokens.mint(
+            TrackingToken(kind, self.campaign_id, email, rendered_at, link), self.tracking.secret
+        )
+
+    def urls_for(self, email: str, now: float | None = None) -> RecipientUrls:
+        """The recipient's unsubscribe, pixel and reply addresses (its click URLs are minted as found)."""
+        at = int(time.time() if now is None else now)
+        unsubscribe = self._token(tracking_tokens.UNSUBSCRIBE, email, at)
+        mailto = "mailto:" + _plus_address(self.tracking.report_address, unsubscribe)
+        return RecipientUrls(
+            rendered_at=at,
+            unsubscribe=f"{self.base}/u/{unsubscribe}" if self.base else mailto,
+            unsubscribe_mailto=mailto,
+            open_pixel=(
+                f"{self.base}/o/{self._token(tracking_tokens.OPEN, email, at)}"
+                if self.base and self.tracking.opens
+                else None
+            ),
+            reply_to=(
+                _plus_address(self.tracking.report_address, self._token(tracking_tokens.REPLY, email, at))
+                if self.reply_tracked
+                else None
+            ),
+        )
+
+    def personalize(self, rendered: RenderedFields, urls: RecipientUrls, email: str) -> RenderedFields:
+        """Rewritten links, a footer where the body has no unsubscribe link, the pixel, the headers."""
+        text, html = rendered.text, rendered.html
+        clicks: dict[int, str] = {}
+        if text is not None:
+            if self.link_index:
+                text = _TEXT_URL.sub(lambda m: self._text_link(m.group(0), email, urls, clicks), text)
+            if urls.unsubscribe not in text:
+                text = text.rstrip("\n") + f"\n\n--\nUnsubscribe: {urls.unsubscribe}\n"
+        if html is not None:
+            if self.link_index:
+                html = _HREF.sub(lambda m: self._html_link(m, email, urls, clicks), html)
+            extra = ""
+            if urls.unsubscribe not in html:
+                extra += (
+                    '<p style="font-size:12px;color:#666666"><a href="'
+                    + urls.unsubscribe
+                    + '">Unsubscribe</a> from these mails.</p>'
+                )
+            if urls.open_pixel:
+                extra += f'<img src="{urls.open_pixel}" width="1" height="1" alt="" style="border:0">'
+            if extra:
+                html = _before_body_end(html, extra)
+        headers: list[tuple[str, str]] = []
+        if urls.reply_to:
+            headers.append(("Reply-To", urls.reply_to))
+        if urls.unsubscribe != urls.unsubscribe_mailto:
+            # Folded after the comma by us: each URI alone is longer than a 78-column line.
+            headers.append(("List-Unsubscribe", f"<{urls.unsubscribe}>,\n <{urls.unsubscribe_mailto}>"))
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        else:
+            headers.append(("List-Unsubscribe", f"<{urls.unsubscribe_mailto}>"))
+        return RenderedFields(rendered.subject, text, html, tuple(headers))
+
+    def _click_url(self, index: int, email: str, urls: RecipientUrls, clicks: dict[int, str]) -> str:
+        url = clicks.get(index)
+        if url is None:
+            token = self._token(tracking_tokens.CLICK, email, urls.rendered_at, index)
+            url = clicks[index] = f"{self.base}/c/{token}"
+        return url
+
+    def _text_link(self, found: str, email: str, urls: RecipientUrls, clicks: dict[int, str]) -> str:
+        url = _trim_url(found)
+        index = self.link_index.get(url)
+        if index is None:
+            return found
+        return self._click_url(index, email, urls, clicks) + found[len(url) :]
+
+    def _html_link(self, match: re.Match[str], email: str, urls: RecipientUrls, clicks: dict[int, str]) -> str:
+        index = self.link_index.get(unescape(match.group(3)).strip())
+        if index is None:
+            return match.group(0)
+        quote = match.group(2)
+        return f"{match.group(1)}{quote}{self._click_url(index, email, urls, clicks)}{quote}"
+
+
+def _before_body_end(html: str, extra: str) -> str:
+    ends = list(_BODY_END.finditer(html))
+    if not ends:
+        return html + extra
+    at = ends[-1].start()
+    return html[:at] + extra + html[at:]
+
+
+@lru_cache(maxsize=64)
+def _tracked(templates: CampaignTemplates) -> _TrackedLinks:
+    return _TrackedLinks(templates)

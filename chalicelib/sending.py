@@ -48,6 +48,7 @@ from chalicelib.rendering import (
     CampaignTemplates,
     RenderBudget,
     RenderBudgetExceeded,
+    Tracking,
     message_bytes,
     message_id,
 )
@@ -94,9 +95,15 @@ class CampaignCache:
     The TTL bounds how long a pause takes to reach warm senders.
     """
 
-    def __init__(self, ttl_s: float = CAMPAIGN_CACHE_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ttl_s: float = CAMPAIGN_CACHE_S,
+        clock: Callable[[], float] = time.monotonic,
+        settings: Settings | None = None,
+    ) -> None:
         self.ttl_s = ttl_s
         self.clock = clock
+        self.settings = settings
         self._items: dict[str, tuple[float, CampaignView | None]] = {}
         self._lock = threading.Lock()
 
@@ -116,6 +123,7 @@ class CampaignCache:
                     text=c.text,
                     html=c.html,
                     reply_to=c.reply_to,
+                    tracking=self._tracking(c),
                 ),
                 tenant=c.tenant,
                 status=c.status,
@@ -127,6 +135,19 @@ class CampaignCache:
                 self._items.clear()
             self._items[campaign_id] = (now, view)
         return view
+
+    def _tracking(self, campaign: Campaign) -> Tracking | None:
+        """Unsubscribe headers, pixel and click URLs for the campaign's mails (none without a tracking secret)."""
+        s = self.settings
+        if s is None or not s.tracking_secret:
+            return None
+        return Tracking(
+            secret=s.tracking_secret,
+            base_url=s.public_api_url,
+            report_address=s.bounce_address,
+            opens=campaign.track_opens is not False,
+            clicks=campaign.track_clicks is not False,
+        )
 
 
 def backoff_seconds(attempt: int, base_s: float, cap_s: float, hint_s: float | None, rng: random.Random) -> int:
@@ -152,7 +173,9 @@ class Sender:
         self.settings = settings
         self.mailer = mailer
         self.send_queue = send_queue
-        self.campaigns = campaigns or CampaignCache()
+        self.campaigns = campaigns or CampaignCache(settings=settings)
+        if self.campaigns.settings is None:
+            self.campaigns.settings = settings  # a cache handed in still renders tracked mails
         self.clock = clock
         self.rng = rng or random.Random()
         self.recipients = RecipientStore(settings)

@@ -147,6 +147,11 @@ class Settings:
     event_retention_days: int = 180
     # Signs tracking tokens (chalicelib/tracking_tokens.py): a stack parameter deployed, a fixed one locally.
     tracking_secret: str = ""
+    # The REST API's public base URL (https://{api}.execute-api.{region}.amazonaws.com/{stage}): the
+    # unsubscribe, open-pixel and click URLs in every mail start with it. Empty: mailto-only unsubscribe.
+    public_api_url: str = ""
+    # An open or click this soon after its mail was rendered is flagged machine (a scanner at delivery).
+    machine_event_window_s: float = 5.0
 
     # Alerts.
     bounce_rate_alert: float = 0.05

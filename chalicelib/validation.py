@@ -17,6 +17,7 @@ from jinja2.exceptions import SecurityError
 
 from chalicelib.errors import InvalidCampaign, PayloadTooLarge
 from chalicelib.rendering import (
+    BUILTIN_VARIABLES,
     RenderBudget,
     RenderBudgetExceeded,
     compile_errors,
@@ -58,6 +59,8 @@ class CampaignRequest:
     recipients: tuple[RecipientRow, ...]
     duplicates_dropped: int
     alerts: dict[str, float] = field(default_factory=dict)  # bounce_rate, failure_rate, min_sends
+    track_opens: bool = True  # the 1x1 open pixel in html parts
+    track_clicks: bool = True  # links rewritten to click-tracking URLs
 
 
 def normalize_address(raw: str, allow_special_use_domains: bool = False, allow_smtputf8: bool = True) -> str:
@@ -168,6 +171,8 @@ def parse_campaign_request(
     errors.extend(template_errors)
 
     alerts = _parse_alerts(body.get("alerts"), errors)
+    track_opens = _flag(body, "track_opens", errors)
+    track_clicks = _flag(body, "track_clicks", errors)
     rows, duplicates = _parse_recipients(body.get("recipients"), max_recipients, errors, allow_special_use_domains)
     if not template_errors:
         _check_variables(rows, names, {"subject": subject, **bodies}, errors, render_budget or RenderBudget())
@@ -183,7 +188,20 @@ def parse_campaign_request(
         recipients=tuple(rows),
         duplicates_dropped=duplicates,
         alerts=alerts,
+        track_opens=track_opens,
+        track_clicks=track_clicks,
     )
+
+
+def _flag(body: dict, name: str, errors: list[dict], default: bool = True) -> bool:
+    """An optional boolean option."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        errors.append({"field": name, "error": "must be true or false"})
+        return default
+    return value
 
 
 def _parse_alerts(raw: Any, errors: list[dict]) -> dict[str, float]:
@@ -275,7 +293,7 @@ def _check_variables(
     which fails a recipient whose render overruns.
     """
     needed = set().union(*names.values()) if names else set()
-    needed.discard("email")
+    needed -= BUILTIN_VARIABLES
     sampled = _sampled_rows(len(rows))
     reported = 0
     spent_by = time.monotonic() + VALIDATION_RENDER_S

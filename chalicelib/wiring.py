@@ -19,6 +19,7 @@ from chalicelib.release import Releaser, build_releaser
 from chalicelib.sending import Sender
 from chalicelib.settings import Settings, get_settings
 from chalicelib.smtp import Mailer, SmtpPool
+from chalicelib.tracking import StoredCampaigns, TrackingRoutes
 
 _lock = threading.RLock()  # building one service may build another
 _services: dict[str, Any] = {}
@@ -54,6 +55,12 @@ def sender() -> Sender:
     """The sender of this container."""
     s = settings()
     return _cached("sender", lambda: Sender(s, mailer(), Queue(aws_client("sqs", s), s.send_queue_url)))
+
+
+def tracking() -> TrackingRoutes:
+    """The unsubscribe, open-pixel and click routes of this container (campaign links cached)."""
+    s = settings()
+    return _cached("tracking", lambda: TrackingRoutes(s, StoredCampaigns()))
 
 
 def releaser() -> Releaser:
@@ -99,7 +106,10 @@ def overridden(**services: Any) -> Iterator[None]:
     finally:
         _drop_services()
         with _lock:
-            _overrides.clear()
+            # Never empty in between: a handler running on another thread meanwhile would get
+            # the environment's settings (a different endpoint), rebinding every model and client.
+            for name in [name for name in _overrides if name not in saved]:
+                del _overrides[name]
             _overrides.update(saved)
 
 

@@ -77,6 +77,14 @@ def _websocket_environment(deployed: dict, emulator: ministack_gaps.MiniStack | 
     return {"WEBSOCKET_URL": websocket["websocket_api_url"].rstrip("/")}
 
 
+def _public_api_environment(deployed: dict, emulator: ministack_gaps.MiniStack | None) -> dict[str, str]:
+    """PUBLIC_API_URL once the REST API exists: the unsubscribe, pixel and click URLs of every mail start with it."""
+    rest = (deployed.get("rest_api") or {}).get("rest_api_url", "")
+    if not rest:
+        return {}
+    return {"PUBLIC_API_URL": emulator.execute_api_url(rest) if emulator is not None else rest.rstrip("/")}
+
+
 def _literal_arns(stage: str, outputs: dict[str, str], identity: dict[str, Any], deployed: dict) -> iam.LiteralArns:
     arns, streams = ResourcesTemplate.arns(outputs)
     return iam.LiteralArns(
@@ -149,6 +157,7 @@ def deploy(stage: str, parameters: dict[str, str], project: Path = PROJECT_ROOT,
     identity = clients["sts"].get_caller_identity()
     deployed = stage_config.deployed_resources(project, stage)
     environment.update(_websocket_environment(deployed, emulator))
+    environment.update(_public_api_environment(deployed, emulator))
     policies, _ = _write_policies(project, stage, _literal_arns(stage, outputs, identity, deployed), emulator)
     recorded = stage_config.record_stage(config, stage, environment, policies)
     print(f"      {'changed' if recorded else 'unchanged'}: .chalice/config.json stage {stage}", flush=True)
@@ -157,13 +166,14 @@ def deploy(stage: str, parameters: dict[str, str], project: Path = PROJECT_ROOT,
     _chalice(project, "deploy", "--stage", stage, emulator=emulator)
     deployed = stage_config.deployed_resources(project, stage)
     # The first deploy creates the WebSocket API: the dashboard needs its URL, and the
-    # pushing functions' policies its id. Record both and deploy once more.
+    # pushing functions' policies its id. It creates the REST API too, whose URL every mail's
+    # tracking links start with. Record them and deploy once more.
     websocket = deployed.get("websocket_api") or {}
-    more = _websocket_environment(deployed, emulator)
+    more = {**_websocket_environment(deployed, emulator), **_public_api_environment(deployed, emulator)}
     arns = _literal_arns(stage, outputs, identity, deployed)
     policies, policies_changed = _write_policies(project, stage, arns, emulator)
     if stage_config.record_stage(config, stage, more, policies) or policies_changed:
-        print("      the WebSocket API is new: recording it and deploying again", flush=True)
+        print("      the WebSocket or REST API is new: recording it and deploying again", flush=True)
         _chalice(project, "deploy", "--stage", stage, emulator=emulator)
         deployed = stage_config.deployed_resources(project, stage)
 

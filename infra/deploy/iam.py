@@ -114,6 +114,10 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
             "dynamodb:DeleteItem",
         ),
         _on("table:SuppressionsTable", "dynamodb:BatchGetItem"),  # create: who is suppressed
+        # POST /u/{token}: the one-click unsubscribe's suppression (a conditional put).
+        _on("table:SuppressionsTable", "dynamodb:PutItem"),
+        # /o, /c, /u: one engagement event each (chalicelib/engagement.record).
+        _on("table:EventsTable", "dynamodb:PutItem"),
         _on("queue:ReleaseQueue", "sqs:SendMessage"),  # create, retry, resume, redrive: chunk jobs
         # GET /dlq: the tenant's partition (page and count); POST /dlq/redrive: each item claimed by a
         # conditional delete, put back only if re-releasing it failed; retry: its letters (BatchWriteItem).

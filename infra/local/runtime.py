@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_JWT_SECRET = "mailpipe-local-development-secret"
+# Signs the tracking links of local mails (TRACKING_SECRET overrides it); fixed, so links in
+# mails of an earlier run still verify after a restart.
+LOCAL_TRACKING_SECRET = "mailpipe-local-tracking-secret"
 
 # What the local stage changes against the production defaults: seconds, not
 # hours, and a shallow send queue (moto's and MiniStack's SQS cost O(depth) per call).
@@ -281,8 +284,10 @@ class LocalRuntime:
         wiring.override(settings=self.settings)
         self.app = importlib.import_module("app").app
         self._start_websocket_gateway()
-        self._start_event_sources()  # worker processes start importing meanwhile
+        # Bound before the senders start: every mail's tracking URLs start with its URL.
         self.api = ApiServer(self.app, cfg.host, cfg.api_port)
+        self._use_public_api_url(self.api.url)
+        self._start_event_sources()  # worker processes start importing meanwhile
         self.api.start()
         self._start_scheduler()
         self._wait_for_workers()
@@ -435,6 +440,7 @@ class LocalRuntime:
             # It checks no signature, and signing costs each request about a tenth of its client's CPU.
             env.setdefault("AWS_UNSIGNED_LOOPBACK", "true")
         env.setdefault("JWT_SECRET", os.environ.get("JWT_SECRET") or LOCAL_JWT_SECRET)
+        env.setdefault("TRACKING_SECRET", os.environ.get("TRACKING_SECRET") or LOCAL_TRACKING_SECRET)
         env["JWT_ALGORITHM"] = os.environ.get("JWT_ALGORITHM", "HS256")
         return Settings.from_env(env)
 
@@ -452,6 +458,14 @@ class LocalRuntime:
         self.settings = dataclasses.replace(
             self.settings, websocket_management_url=self.gateway.management_url, websocket_url=self.gateway.url
         )
+        wiring.override(settings=self.settings)
+
+    def _use_public_api_url(self, url: str) -> None:
+        """PUBLIC_API_URL is the local REST API unless the environment names another (a tunnel, a proxy)."""
+        assert self.settings is not None
+        if self.settings.public_api_url:
+            return
+        self.settings = dataclasses.replace(self.settings, public_api_url=url)
         wiring.override(settings=self.settings)
 
     def _concurrency(self, name: str) -> int:

@@ -49,6 +49,8 @@ DEFAULTED_ON_PURPOSE = {
     "idempotency_ttl_s": "24 h of replayable Idempotency-Key answers",
     "websocket_url": "only the REST handler (the dashboard) reads it; checked on its own",
     "jwt_secret": "RS256 in prod; a parameter for HS256 stages",
+    "public_api_url": "only send_mail writes tracking URLs; set on it alone (checked on its own)",
+    "machine_event_window_s": "5 s: an open or click sooner after rendering is a scanner's",
 }
 
 
@@ -170,6 +172,12 @@ def test_every_setting_the_code_reads_is_in_each_function_environment_or_default
 def test_the_dashboard_is_told_the_websocket_url(template: dict) -> None:
     env = template["Resources"]["APIHandler"]["Properties"]["Environment"]["Variables"]
     assert "${WebsocketAPI}" in env["WEBSOCKET_URL"]["Fn::Sub"]
+
+
+def test_the_sender_is_told_the_public_api_url(template: dict) -> None:
+    env = template["Resources"]["SendMail"]["Properties"]["Environment"]["Variables"]
+    assert env["PUBLIC_API_URL"]["Fn::Sub"].startswith("https://${RestAPI}.execute-api.")
+    assert template["Parameters"]["TrackingSecret"]["NoEcho"] is True
 
 
 def test_tables_keep_their_data(template: dict) -> None:

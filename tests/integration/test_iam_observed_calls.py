@@ -24,6 +24,7 @@ import json
 import mailbox
 import re
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -37,7 +38,7 @@ import pytest
 from chalice.app import ChaliceAuthorizer, EventSourceHandler
 
 import app as app_module
-from chalicelib import wiring
+from chalicelib import tracking_tokens, wiring
 from chalicelib.clients import aws_client, botocore_clients, management_client
 from chalicelib.errors import TemporaryDeliveryError
 from chalicelib.models import ALL_MODELS
@@ -45,6 +46,7 @@ from chalicelib.queues import Queue
 from chalicelib.rendering import message_id
 from chalicelib.sending import CampaignCache, Sender
 from chalicelib.smtp import Envelope, SmtpPool
+from chalicelib.tracking_tokens import TrackingToken
 from infra.deploy.iam import (
     FUNCTION_GRANTS,
     SQS_TRIGGER_ACTIONS,
@@ -439,6 +441,7 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
         status, body = api.call("GET", f"/campaigns/{alerting}{path}")
         assert status == 200, (path, body)
     assert api.call("GET", "/dashboard")[0] == 200
+    exercise_tracking(runtime, bulk)
     exercise_stream_failures(runtime, api)
     exercise_engagement(runtime, api, alerting)
 
@@ -461,6 +464,28 @@ def exercise_inbound_mail(runtime: LocalRuntime, campaign_id: str, email: str) -
         MESSAGE_ID=message_id(campaign_id, email, runtime.settings.message_id_domain), LIST_UNSUBSCRIBE=""
     )
     mailbox.Maildir(runtime.maildir_root / "bounces", create=True).add(raw.encode())
+
+
+def exercise_tracking(runtime: LocalRuntime, campaign_id: str) -> None:
+    """A recipient's mail is opened, a link clicked, and the list left in one click (public routes)."""
+    assert runtime.settings
+    secret = runtime.settings.tracking_secret
+
+    def url(kind: str, link: int | None = None) -> str:
+        token = tracking_tokens.mint(TrackingToken(kind, campaign_id, "bulk0@example.org", 0, link), secret)
+        return f"{runtime.api_url}/{kind}/{token}"
+
+    opened = urllib.request.Request(url(tracking_tokens.OPEN), headers={"Accept": "*/*"})
+    with urllib.request.urlopen(opened, timeout=30) as response:
+        assert response.status == 200
+    one_click = urllib.request.Request(
+        url(tracking_tokens.UNSUBSCRIBE),
+        method="POST",
+        data=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    with urllib.request.urlopen(one_click, timeout=30) as response:
+        assert response.status == 200
 
 
 def exercise_idempotency_key(api: Api) -> None:

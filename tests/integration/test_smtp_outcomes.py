@@ -98,7 +98,10 @@ def test_every_smtp_exception_ends_in_a_recorded_outcome(runtime: LocalRuntime, 
     assert mail[("jose@xn--exmple-cua.com",)].message["To"] == "jose@xn--exmple-cua.com"
     plain = mail[("ann@example.org",)]
     assert plain.content.isascii()
-    assert plain.message.get_content() == "Hällo Jörg, this is mail for ann@example.org.\n"
+    # The campaign's text, then the unsubscribe footer every tracked mail without the link gets.
+    body, footer = plain.message.get_content().split("\n\n--\n")
+    assert body == "Hällo Jörg, this is mail for ann@example.org."
+    assert footer.startswith("Unsubscribe: http")
     assert relay.handler.dropped.count("drop@example.org") == 2  # one per receive, then dead-lettered
 
     # The relay's 500 suppressed its address; our own refusal (no SMTPUTF8 here) did not.

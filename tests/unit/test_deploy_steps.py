@@ -81,3 +81,18 @@ def test_a_mapping_that_already_matches_needs_no_update() -> None:
 
     assert _differs(current, wanted) == {}
     assert _differs({**current, "MaximumRetryAttempts": -1}, wanted) == {"MaximumRetryAttempts": 10}
+
+
+def test_the_rest_apis_url_is_recorded_as_public_api_url_once_it_exists() -> None:
+    from infra.deploy.__main__ import _public_api_environment
+
+    deployed = {"rest_api": {"rest_api_url": "https://abc123.execute-api.us-east-1.amazonaws.com/prod/"}}
+
+    assert _public_api_environment({}, None) == {}
+    assert _public_api_environment(deployed, None) == {
+        "PUBLIC_API_URL": "https://abc123.execute-api.us-east-1.amazonaws.com/prod"
+    }
+
+
+def test_the_tracking_secret_reaches_every_function_like_the_jwt_secret(stack: ResourcesTemplate) -> None:
+    assert stack.environment["TRACKING_SECRET"] == output_key("TRACKING_SECRET")

@@ -174,11 +174,18 @@ def test_the_same_recipient_always_gets_the_same_message_id_and_body() -> None:
 
 
 def test_recipient_context_adds_email_without_overriding_vars() -> None:
-    assert recipient_context("alice@example.com", None) == {"email": "alice@example.com"}
+    assert recipient_context("alice@example.com", None) == {"email": "alice@example.com", "unsubscribe_url": ""}
     assert recipient_context("alice@example.com", {"email": "shown@example.com", "n": 1}) == {
         "email": "shown@example.com",
         "n": 1,
+        "unsubscribe_url": "",
     }
+
+
+def test_recipient_context_unsubscribe_url_is_ours_not_the_rows() -> None:
+    context = recipient_context("a@example.com", {"unsubscribe_url": "https://evil.example/"}, "https://api/u/t")
+
+    assert context["unsubscribe_url"] == "https://api/u/t"
 
 
 def test_runtime_failure_in_a_template_surfaces_as_template_error() -> None:

@@ -405,3 +405,20 @@ def test_a_local_address_normalizes_like_any_other() -> None:
 def test_the_setting_is_off_unless_the_environment_turns_it_on() -> None:
     assert Settings.from_env({}).allow_special_use_domains is False
     assert Settings.from_env({"ALLOW_SPECIAL_USE_DOMAINS": "true"}).allow_special_use_domains is True
+
+
+def test_templates_may_use_unsubscribe_url_without_recipients_supplying_it() -> None:
+    body = valid_body(text="Bye: {{ unsubscribe_url }}", html='<a href="{{ unsubscribe_url }}">Leave</a>')
+
+    request = parse_campaign_request(body, LIMIT)
+
+    assert request.text == "Bye: {{ unsubscribe_url }}"
+
+
+def test_tracking_switches_default_on_and_must_be_booleans() -> None:
+    request = parse_campaign_request(valid_body(), LIMIT)
+    off = parse_campaign_request(valid_body(track_opens=False, track_clicks=False), LIMIT)
+
+    assert (request.track_opens, request.track_clicks) == (True, True)
+    assert (off.track_opens, off.track_clicks) == (False, False)
+    assert field_errors(valid_body(track_opens="no"), "track_opens") == ["must be true or false"]
