@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,23 @@ class ResourcesTemplate:
         return json.dumps(self.body, sort_keys=True, indent=1)
 
 
+# Secrets nobody needs to know, only to keep: generated at the first deploy that lacks them, then
+# kept by the stack (UsePreviousValue). Without a TrackingSecret mails would carry no unsubscribe link.
+GENERATED_SECRETS = ("TrackingSecret",)
+
+
+def with_generated_secrets(
+    given: dict[str, str], existing: list[dict[str, Any]], declared: dict[str, Any]
+) -> dict[str, str]:
+    """``given``, plus a fresh random value for each generated secret the stack has not got yet."""
+    have = {p["ParameterKey"] for p in existing if p.get("ParameterValue") not in (None, "")}
+    out = dict(given)
+    for name in GENERATED_SECRETS:
+        if name in declared and not given.get(name) and name not in have:
+            out[name] = secrets.token_urlsafe(32)
+    return out
+
+
 def _parameters(given: dict[str, str], existing: list[dict[str, Any]], declared: dict[str, Any]) -> list[dict]:
     """Given values win; a parameter the stack already has keeps its value (secrets are not re-asked)."""
     params: list[dict[str, Any]] = []
@@ -147,6 +165,10 @@ def deploy_stack(
     if unknown:
         raise ValueError(f"unknown stack parameters: {', '.join(sorted(unknown))}")
     stack = _stack(cfn, stack_name)
+    existing = (stack or {}).get("Parameters") or []
+    if stack is None or stack["StackStatus"] == "ROLLBACK_COMPLETE":
+        existing = []
+    parameters = with_generated_secrets(parameters, existing, template.body["Parameters"])
     if stack is None or stack["StackStatus"] == "ROLLBACK_COMPLETE":
         if stack is not None:  # a failed first create cannot be updated, only replaced
             cfn.delete_stack(StackName=stack_name)

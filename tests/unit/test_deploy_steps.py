@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from infra.deploy.mappings import _differs, desired_settings
-from infra.deploy.stack import ResourcesTemplate, output_key
+from infra.deploy.stack import ResourcesTemplate, output_key, with_generated_secrets
 from infra.local.template import Template
 
 pytestmark = pytest.mark.unit
@@ -96,3 +96,16 @@ def test_the_rest_apis_url_is_recorded_as_public_api_url_once_it_exists() -> Non
 
 def test_the_tracking_secret_reaches_every_function_like_the_jwt_secret(stack: ResourcesTemplate) -> None:
     assert stack.environment["TRACKING_SECRET"] == output_key("TRACKING_SECRET")
+
+
+def test_a_missing_tracking_secret_is_generated_once_then_kept_by_the_stack() -> None:
+    declared = {"TrackingSecret": {}, "JwtSecret": {}}
+
+    first = with_generated_secrets({}, [], declared)
+    again = with_generated_secrets({}, [{"ParameterKey": "TrackingSecret", "ParameterValue": "****"}], declared)
+    chosen = with_generated_secrets({"TrackingSecret": "mine"}, [], declared)
+
+    assert len(first["TrackingSecret"]) >= 40 and "JwtSecret" not in first
+    assert with_generated_secrets({}, [], declared)["TrackingSecret"] != first["TrackingSecret"]
+    assert again == {}  # the stack keeps its own (UsePreviousValue)
+    assert chosen == {"TrackingSecret": "mine"}
