@@ -13,9 +13,12 @@ Order, first match wins:
    type (``not-spam``, ``virus``, …) is kept for a person. The complained-about mail is the
    third part (``message/rfc822`` or ``text/rfc822-headers``) and is matched, in order:
 
-   a. by a signed token in its headers (``List-Unsubscribe``'s ``/u/<token>`` URL or mailto,
-      the plus-addressed ``Reply-To``): it names the recipient even when the report redacts
-      the address, because the address is inside the token, base64url-encoded;
+   a. by a signed token in its headers: ``List-Unsubscribe``'s ``/u/<token>`` URL names the
+      recipient even when the report redacts the address (the address is inside the token,
+      base64url-encoded); a plus-address token (the mailto, the tracked ``Reply-To``) names
+      the campaign and the recipient's digest only, and matches the address the report names
+      (``Original-Rcpt-To``, ``Removal-Recipient``, the original ``To``/``Cc``) whose digest it
+      is; a redacted report goes on to b-d;
    b. by our Message-ID (``<campaign_id.digest@domain>``) and an address the report names
       (``Original-Rcpt-To``, ``Removal-Recipient``, the original ``To``) whose digest matches;
    c. by our Message-ID alone: Yahoo and Microsoft redact the recipient, so the reader looks
@@ -25,10 +28,15 @@ Order, first match wins:
 3. **Plus-addressed tokens.** Our mailbox address with a token, ``<local>+<token>@<domain>``,
    in ``Delivered-To``, ``X-Original-To``, ``Envelope-To``, ``X-Envelope-To``, ``To`` or ``Cc``:
    a ``u`` token (the ``List-Unsubscribe`` mailto) is an unsubscribe, an ``r`` token (the
-   ``Reply-To`` of a campaign without its own) a reply or auto-reply. The token names the
-   recipient, whoever sends from wherever. A token that does not verify (forged, altered,
-   another stage's, or lower-cased by a relay) is ``FORGED``: nothing is recorded and the
-   message is kept for a person.
+   ``Reply-To`` of a campaign without its own) a reply or auto-reply. These are the compact
+   address tokens of ``chalicelib.tracking_tokens`` (a local part within RFC 5321's 64
+   octets): they name the campaign and the recipient's digest, not the address. The
+   recipient is the first of the message's ``From``, ``Sender``, ``Reply-To`` and
+   ``Return-Path`` addresses whose digest the token carries; when none has it (a reply from a
+   forwarding account, a colleague, an alias) the message names the campaign but no recipient,
+   and the reader keeps it for a person, as an unmatched message. A token that does not
+   verify (forged, altered, another stage's, or lower-cased by a relay) is ``FORGED``:
+   nothing is recorded and the message is kept for a person.
 4. **Replies by reference.** ``In-Reply-To``/``References`` name one of our Message-IDs. The
    digest in it is ``sha256(campaign_id \\0 email)``, one-way, so the recipient cannot be read
    from it: the rule is that the replier is the recipient. The digest is computed for the
@@ -62,7 +70,7 @@ from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from chalicelib import bounces
-from chalicelib.tracking_tokens import REPLY, UNSUBSCRIBE, TrackingToken, verify
+from chalicelib.tracking_tokens import REPLY, UNSUBSCRIBE, AddressToken, TrackingToken, verify, verify_address
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +93,7 @@ BY_CAMPAIGN_HEADER = "campaign_header"
 
 _RECIPIENT_FIELDS = ("delivered-to", "x-original-to", "envelope-to", "x-envelope-to", "to", "cc")
 _ORIGINAL_TOKEN_FIELDS = ("list-unsubscribe", "reply-to", "to", "cc")
+_SENDER_FIELDS = ("from", "sender", "reply-to", "return-path")
 _ORIGINAL_TYPES = ("message/rfc822", "text/rfc822-headers", "message/global", "message/global-headers")
 _BULK_PRECEDENCE = ("bulk", "junk", "list")
 _TOKEN = r"[A-Za-z0-9_-]{20,512}"
@@ -170,10 +179,15 @@ def _complaint(message: Message, mailbox: str, secret: str, domain: str) -> Inbo
         *_addresses_in(fields.get_all("removal-recipient") or []),
     ]
     if original is not None:
-        token = _first_valid(_original_tokens(original, mailbox), secret, UNSUBSCRIBE, REPLY)
+        named += _addresses(original, ("to", "cc"))
+        url_tokens, address_tokens = _original_tokens(original, mailbox)
+        token = _first_url_token(url_tokens, secret)
         if token is not None:
             return _complained(token.campaign_id, token.email, _ours(original, domain), BY_TOKEN, detail)
-        named += _addresses(original, ("to", "cc"))
+        address_token = _first_valid(address_tokens, secret, UNSUBSCRIBE, REPLY)
+        email = _named_by(address_token, named) if address_token is not None else None
+        if address_token is not None and email is not None:
+            return _complained(address_token.campaign_id, email, _ours(original, domain), BY_TOKEN, detail)
         mid = _ours(original, domain)
         if mid is not None:
             campaign_id, digest = _split_ours(mid)
@@ -218,42 +232,62 @@ def _original(part: Message) -> Message:
     return Message()
 
 
-def _original_tokens(original: Message, mailbox: str) -> Iterator[str]:
+def _original_tokens(original: Message, mailbox: str) -> tuple[list[str], list[str]]:
+    """The one-click URL tokens and the plus-address tokens in the complained-about mail's headers."""
+    urls: list[str] = []
+    addresses: list[str] = []
     for name in _ORIGINAL_TOKEN_FIELDS:
         for value in original.get_all(name) or []:
             text = str(value)
-            yield from _URL_TOKEN.findall(text)
-            yield from _address_tokens(_addresses_in([text.replace("mailto:", " ")]), mailbox)
+            urls += _URL_TOKEN.findall(text)
+            addresses += _address_tokens(_addresses_in([text.replace("mailto:", " ")]), mailbox)
+    return urls, addresses
+
+
+def _first_url_token(tokens: Iterable[str], secret: str) -> TrackingToken | None:
+    if not secret:
+        return None  # an unset secret must not make tokens forgeable
+    for raw_token in dict.fromkeys(tokens):
+        token = verify(raw_token, secret)
+        if token is not None and token.kind == UNSUBSCRIBE:
+            return token
+    return None
 
 
 # -- plus-addressed tokens -------------------------------------------------------------------
 
 
 def _addressed(message: Message, raw: bytes, tokens: list[str], secret: str) -> Inbound:
+    senders = _addresses(message, _SENDER_FIELDS)
     unsubscribe = _first_valid(tokens, secret, UNSUBSCRIBE)
     if unsubscribe is not None:
         return Inbound(
             kind=UNSUBSCRIBE_REQUEST,
             campaign_id=unsubscribe.campaign_id,
-            email=unsubscribe.email,
+            email=_named_by(unsubscribe, senders),  # None: no sender is the recipient, kept unmatched
             matched_by=BY_TOKEN,
             dedupe=UNSUBSCRIBE_DEDUPE,
             detail={"via": "mailto", "from": _from(message)},
         )
     reply = _first_valid(tokens, secret, REPLY)
     if reply is not None:
-        return _replied(message, raw, reply.campaign_id, reply.email, None, BY_TOKEN)
+        return _replied(message, raw, reply.campaign_id, _named_by(reply, senders), None, BY_TOKEN)
     return Inbound(kind=FORGED, detail={"from": _from(message)})
 
 
-def _first_valid(tokens: Iterable[str], secret: str, *kinds: str) -> TrackingToken | None:
+def _first_valid(tokens: Iterable[str], secret: str, *kinds: str) -> AddressToken | None:
     if not secret:
         return None  # an unset secret must not make tokens forgeable
     for raw_token in dict.fromkeys(tokens):
-        token = verify(raw_token, secret)
+        token = verify_address(raw_token, secret)
         if token is not None and token.kind in kinds:
             return token
     return None
+
+
+def _named_by(token: AddressToken, candidates: Iterable[str]) -> str | None:
+    """The first candidate address the token's digest names (a plus-address of ours never does)."""
+    return next((address for address in dict.fromkeys(candidates) if token.names(address)), None)
 
 
 def _address_tokens(addresses: Iterable[str], mailbox: str) -> Iterator[str]:
@@ -285,7 +319,7 @@ def _reply_by_reference(message: Message, raw: bytes, domain: str) -> Inbound | 
     return None
 
 
-def _replied(message: Message, raw: bytes, campaign_id: str, email: str, mid: str | None, how: str) -> Inbound:
+def _replied(message: Message, raw: bytes, campaign_id: str, email: str | None, mid: str | None, how: str) -> Inbound:
     auto = bounces.is_auto_reply(message) or _bulk(message)
     return Inbound(
         kind=AUTO_REPLY if auto else REPLY_MAIL,

@@ -15,13 +15,16 @@ tracking needs (``personalize``): ``List-Unsubscribe`` and ``List-Unsubscribe-Po
 does not use it, a 1×1 open pixel in the html part, links rewritten to per-recipient click
 URLs (only those in ``campaign_links``, the list a click's route redirects to), and a
 plus-addressed ``Reply-To`` when the campaign has none. Every URL carries a signed token
-(``chalicelib.tracking_tokens``) that holds all its route needs.
+(``chalicelib.tracking_tokens``) that holds all its route needs; the plus-addresses (the
+mailto and the Reply-To) carry the compact address token instead, so that their local part
+stays within RFC 5321's 64 octets (``bounces+<46 characters>``: 54).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 import secrets
 import threading
@@ -44,6 +47,8 @@ from markupsafe import Markup
 
 from chalicelib import tracking_tokens
 from chalicelib.tracking_tokens import TrackingToken
+
+logger = logging.getLogger(__name__)
 
 # -- the render budget ---------------------------------------------------------------------------
 #
@@ -497,7 +502,7 @@ def render_fields(
     """
     links = _tracked(templates) if templates.tracking is not None else None
     urls = links.urls_for(email) if links is not None else None
-    context = recipient_context(email, variables, urls.unsubscribe if urls is not None else "")
+    context = recipient_context(email, variables, (urls.unsubscribe or "") if urls is not None else "")
     previous, _local.meter = _local.meter, _Meter(budget or _DEFAULT_BUDGET)  # metered(), without its overhead
     try:
         # A variable could smuggle a line break into the subject; headers must stay one line.
@@ -768,8 +773,8 @@ class RecipientUrls:
     """The tracking URLs of one recipient's mail."""
 
     rendered_at: int
-    unsubscribe: str  # the https one-click URL, or the mailto when there is no public URL
-    unsubscribe_mailto: str
+    unsubscribe: str | None  # the https one-click URL, else the mailto; None: neither (no footer, no header)
+    unsubscribe_mailto: str | None  # None when the report address cannot take a token (see _token_address)
     open_pixel: str | None
     reply_to: str | None
 
@@ -780,6 +785,28 @@ def _plus_address(address: str, token: str) -> str:
     return f"{local}+{token}@{domain}"
 
 
+_warned_long_local: set[str] = set()
+
+
+def _token_address(address: str) -> bool:
+    """Whether ``<local>+<address token>@domain`` fits RFC 5321's 64-octet local part.
+
+    A default ``bounces@…`` leaves room to spare (54 octets). A report address whose local part
+    is longer than 17 octets cannot carry a token: its mails then have no mailto unsubscribe and
+    no tracked Reply-To (replies still match by In-Reply-To), which is logged once per address.
+    """
+    local = address.rpartition("@")[0].split("+", 1)[0]
+    fits = len(local.encode()) + 1 + tracking_tokens.ADDRESS_TOKEN_CHARS <= tracking_tokens.MAX_LOCAL_PART_OCTETS
+    if not fits and address not in _warned_long_local:
+        _warned_long_local.add(address)
+        logger.warning(
+            "report address %s: its local part is too long for a plus-address token (RFC 5321: 64 octets);"
+            " mails carry no mailto unsubscribe and no tracked Reply-To",
+            address,
+        )
+    return fits
+
+
 class _TrackedLinks:
     """A campaign's tracking, prepared once per campaign and container."""
 
@@ -788,7 +815,8 @@ class _TrackedLinks:
         self.campaign_id = templates.campaign_id
         self.tracking = templates.tracking
         self.base = self.tracking.base_url.rstrip("/")
-        self.reply_tracked = not templates.reply_to
+        self.plus_addressed = _token_address(self.tracking.report_address)
+        self.reply_tracked = not templates.reply_to and self.plus_addressed
         links = campaign_links(templates.text, templates.html) if self.tracking.clicks and self.base else ()
         self.link_index = {url: index for index, url in enumerate(links)}
 
@@ -797,25 +825,24 @@ class _TrackedLinks:
             TrackingToken(kind, self.campaign_id, email, rendered_at, link), self.tracking.secret
         )
 
+    def _address(self, kind: str, email: str) -> str:
+        token = tracking_tokens.mint_address(kind, self.campaign_id, email, self.tracking.secret)
+        return _plus_address(self.tracking.report_address, token)
+
     def urls_for(self, email: str, now: float | None = None) -> RecipientUrls:
         """The recipient's unsubscribe, pixel and reply addresses (its click URLs are minted as found)."""
         at = int(time.time() if now is None else now)
-        unsubscribe = self._token(tracking_tokens.UNSUBSCRIBE, email, at)
-        mailto = "mailto:" + _plus_address(self.tracking.report_address, unsubscribe)
+        mailto = "mailto:" + self._address(tracking_tokens.UNSUBSCRIBE, email) if self.plus_addressed else None
         return RecipientUrls(
             rendered_at=at,
-            unsubscribe=f"{self.base}/u/{unsubscribe}" if self.base else mailto,
+            unsubscribe=f"{self.base}/u/{self._token(tracking_tokens.UNSUBSCRIBE, email, at)}" if self.base else mailto,
             unsubscribe_mailto=mailto,
             open_pixel=(
                 f"{self.base}/o/{self._token(tracking_tokens.OPEN, email, at)}"
                 if self.base and self.tracking.opens
                 else None
             ),
-            reply_to=(
-                _plus_address(self.tracking.report_address, self._token(tracking_tokens.REPLY, email, at))
-                if self.reply_tracked
-                else None
-            ),
+            reply_to=self._address(tracking_tokens.REPLY, email) if self.reply_tracked else None,
         )
 
     def personalize(self, rendered: RenderedFields, urls: RecipientUrls, email: str) -> RenderedFields:
@@ -825,13 +852,13 @@ class _TrackedLinks:
         if text is not None:
             if self.link_index:
                 text = _TEXT_URL.sub(lambda m: self._text_link(m.group(0), email, urls, clicks), text)
-            if urls.unsubscribe not in text:
+            if urls.unsubscribe and urls.unsubscribe not in text:
                 text = text.rstrip("\n") + f"\n\n--\nUnsubscribe: {urls.unsubscribe}\n"
         if html is not None:
             if self.link_index:
                 html = _HREF.sub(lambda m: self._html_link(m, email, urls, clicks), html)
             extra = ""
-            if urls.unsubscribe not in html:
+            if urls.unsubscribe and urls.unsubscribe not in html:
                 extra += (
                     '<p style="font-size:12px;color:#666666"><a href="'
                     + urls.unsubscribe
@@ -844,12 +871,15 @@ class _TrackedLinks:
         headers: list[tuple[str, str]] = []
         if urls.reply_to:
             headers.append(("Reply-To", urls.reply_to))
-        if urls.unsubscribe != urls.unsubscribe_mailto:
-            # Folded after the comma by us: each URI alone is longer than a 78-column line.
-            headers.append(("List-Unsubscribe", f"<{urls.unsubscribe}>,\n <{urls.unsubscribe_mailto}>"))
-            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
-        else:
+        if urls.unsubscribe is None:
+            pass  # neither a public URL nor a plus-address that fits: nothing to offer
+        elif urls.unsubscribe == urls.unsubscribe_mailto:
             headers.append(("List-Unsubscribe", f"<{urls.unsubscribe_mailto}>"))
+        else:
+            # Folded after the comma by us: each URI alone is longer than a 78-column line.
+            mailto = f",\n <{urls.unsubscribe_mailto}>" if urls.unsubscribe_mailto else ""
+            headers.append(("List-Unsubscribe", f"<{urls.unsubscribe}>{mailto}"))
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
         return RenderedFields(rendered.subject, text, html, tuple(headers))
 
     def _click_url(self, index: int, email: str, urls: RecipientUrls, clicks: dict[int, str]) -> str:

@@ -29,7 +29,7 @@ from chalicelib.inbound import (
     read_inbound,
 )
 from chalicelib.rendering import message_id
-from chalicelib.tracking_tokens import CLICK, REPLY, UNSUBSCRIBE, TrackingToken, mint
+from chalicelib.tracking_tokens import CLICK, REPLY, UNSUBSCRIBE, TrackingToken, mint, mint_address
 
 pytestmark = pytest.mark.unit
 
@@ -43,8 +43,19 @@ ADA = "ada@example.org"
 GMAIL_ADA = "ada.lovelace@gmail.example"
 
 
-def token(kind: str, email: str = ADA, secret: str = SECRET, link: int | None = None) -> str:
+def token(kind: str, email: str = ADA, secret: str = SECRET) -> str:
+    """A plus-address token, as the mailto and the tracked Reply-To carry."""
+    return mint_address(kind, CAMPAIGN_ID, email, secret)
+
+
+def url_token(kind: str, email: str = ADA, secret: str = SECRET, link: int | None = None) -> str:
+    """A one-click URL token (/u/, /o/, /c/)."""
     return mint(TrackingToken(kind, CAMPAIGN_ID, email, rendered_at=1_795_000_000, link=link), secret)
+
+
+def from_ada(raw: bytes) -> bytes:
+    """The sample as Ada sends it from the address the campaign mailed (not her forwarding Gmail)."""
+    return raw.replace(GMAIL_ADA.encode(), ADA.encode())
 
 
 def sample(name: str, **values: str) -> bytes:
@@ -81,14 +92,40 @@ def test_a_reply_from_another_address_is_not_placed_by_reference() -> None:
     assert read(raw) is None
 
 
-def test_a_gmail_reply_to_the_plus_address_is_matched_by_its_token_whoever_sends_it() -> None:
-    # The mail went to ada@example.org, which forwards to Gmail: the From is not the recipient.
-    found = read(sample("gmail_reply_to_token.eml"))
+def test_a_reply_to_the_plus_address_is_matched_by_its_token_and_the_senders_digest() -> None:
+    found = read(from_ada(sample("gmail_reply_to_token.eml")))
     assert found is not None
     assert (found.kind, found.campaign_id, found.email, found.matched_by) == (REPLY_MAIL, CAMPAIGN_ID, ADA, BY_TOKEN)
     assert found.trusted
     assert found.dedupe == "<CAJx9kM2p0vQ=3Lq8s1VwTn_5wXKpA1b9fDm7Qe@mail.gmail.example>"
+    assert found.detail["from"] == ADA
+
+
+@pytest.mark.parametrize("field", ["Sender", "Reply-To", "Return-Path"])
+def test_the_recipient_may_be_any_of_the_sender_fields(field: str) -> None:
+    raw = sample("gmail_reply_to_token.eml").replace(
+        b"MIME-Version:", f"{field}: <{ADA.upper()}>\r\nMIME-Version:".encode(), 1
+    )
+    if field == "Return-Path":  # one envelope sender: replace Gmail's
+        raw = raw.replace(f"Return-Path: <{GMAIL_ADA}>\r\n".encode(), b"", 1)
+    found = read(raw)
+    assert found is not None and (found.kind, found.email, found.matched_by) == (REPLY_MAIL, ADA, BY_TOKEN)
+
+
+def test_a_reply_to_the_plus_address_from_an_address_the_token_does_not_name_is_kept_unmatched() -> None:
+    """The mail went to ada@example.org, which forwards to Gmail: the token's digest names no sender."""
+    found = read(sample("gmail_reply_to_token.eml"))
+    assert found is not None
+    assert (found.kind, found.campaign_id, found.email) == (REPLY_MAIL, CAMPAIGN_ID, None)
+    assert found.message_id is None  # nothing for the reader to look up: it counts the message unmatched
     assert found.detail["from"] == GMAIL_ADA
+
+
+def test_plus_address_tokens_fit_a_local_part_and_do_not_carry_the_address() -> None:
+    long_address = "a.very.long.recipient.name.indeed@subdomain.of.a.mailbox-provider.example"
+    raw = token(REPLY, long_address)
+    assert len(f"bounces+{raw}".encode()) <= 64
+    assert long_address not in raw and len(raw) == len(token(REPLY))
 
 
 def test_an_outlook_out_of_office_is_an_auto_reply_not_a_reply() -> None:
@@ -108,7 +145,8 @@ def test_responder_headers_make_a_reply_an_auto_reply(header: str) -> None:
 
 
 def test_an_auto_reply_to_the_plus_address_is_an_auto_reply_too() -> None:
-    raw = sample("gmail_reply_to_token.eml").replace(b"MIME-Version:", b"Auto-Submitted: auto-replied\r\nMIME-Version:")
+    raw = from_ada(sample("gmail_reply_to_token.eml"))
+    raw = raw.replace(b"MIME-Version:", b"Auto-Submitted: auto-replied\r\nMIME-Version:")
     found = read(raw)
     assert found is not None and (found.kind, found.email) == (AUTO_REPLY, ADA)
 
@@ -145,7 +183,7 @@ def test_a_complaint_naming_someone_else_than_the_message_id_is_not_pinned_on_th
 
 def test_a_redacted_complaint_is_matched_by_the_unsubscribe_token_in_the_original_headers() -> None:
     header = (
-        f"List-Unsubscribe: <https://api.example.com/local/u/{token(UNSUBSCRIBE)}>,\r\n"
+        f"List-Unsubscribe: <https://api.example.com/local/u/{url_token(UNSUBSCRIBE)}>,\r\n"
         f" <mailto:bounces+{token(UNSUBSCRIBE)}@mailpipe.local>\r\n"
     )
     found = read(sample("arf_redacted.eml", LIST_UNSUBSCRIBE=header))
@@ -161,10 +199,31 @@ def test_a_redacted_complaint_is_matched_by_the_unsubscribe_token_in_the_origina
         f"Reply-To: News <bounces+{token(REPLY)}@mailpipe.local>\r\n",
     ],
 )
-def test_a_redacted_complaint_is_matched_by_a_plus_address_token_too(header: str) -> None:
+def test_a_complaint_is_matched_by_a_plus_address_token_and_the_address_the_report_names(header: str) -> None:
+    raw = sample("arf_redacted.eml", LIST_UNSUBSCRIBE=header, MESSAGE_ID="<rewritten.1@mx.example>")
+    found = read(raw.replace(b"Arrival-Date:", f"Original-Rcpt-To: {ADA}\r\nArrival-Date:".encode()))
+    assert found is not None
+    assert (found.kind, found.campaign_id, found.email, found.matched_by) == (COMPLAINT, CAMPAIGN_ID, ADA, BY_TOKEN)
+    assert found.trusted
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"List-Unsubscribe: <mailto:bounces+{token(UNSUBSCRIBE)}@mailpipe.local>\r\n",
+        f"Reply-To: News <bounces+{token(REPLY)}@mailpipe.local>\r\n",
+    ],
+)
+def test_a_redacted_complaint_with_a_plus_address_token_falls_back_to_the_message_id(header: str) -> None:
+    """The compact token names only a digest: with the address redacted, the Message-ID is looked up."""
     found = read(sample("arf_redacted.eml", LIST_UNSUBSCRIBE=header))
     assert found is not None
-    assert (found.campaign_id, found.email, found.matched_by) == (CAMPAIGN_ID, ADA, BY_TOKEN)
+    assert (found.kind, found.campaign_id, found.email, found.matched_by) == (
+        COMPLAINT,
+        CAMPAIGN_ID,
+        None,
+        BY_MESSAGE_ID_ONLY,
+    )
 
 
 def test_a_complaint_about_a_mail_whose_message_id_was_rewritten_is_matched_by_the_campaign_header() -> None:
@@ -193,19 +252,30 @@ def test_a_feedback_report_that_is_not_abuse_is_kept_for_a_person() -> None:
 
 
 def test_a_mailto_unsubscribe_names_campaign_and_recipient_through_its_token() -> None:
-    found = read(sample("mailto_unsubscribe.eml"))
+    found = read(from_ada(sample("mailto_unsubscribe.eml")))
     assert found is not None
     assert (found.kind, found.campaign_id, found.email) == (UNSUBSCRIBE_REQUEST, CAMPAIGN_ID, ADA)
     assert found.trusted and found.dedupe == UNSUBSCRIBE_DEDUPE
-    assert found.detail == {"via": "mailto", "from": GMAIL_ADA}
+    assert found.detail == {"via": "mailto", "from": ADA}
     # Once per campaign and recipient, with the one-click POST's key: a mailto and a POST are one event.
     assert found.dedupe_for(ADA) == f"unsubscribe\0{CAMPAIGN_ID}\0{ADA}"
 
 
 def test_a_mailto_unsubscribe_marked_automatic_still_unsubscribes() -> None:
-    raw = sample("mailto_unsubscribe.eml").replace(b"MIME-Version:", b"Auto-Submitted: auto-generated\r\nMIME-Version:")
-    found = read(raw)
-    assert found is not None and found.kind == UNSUBSCRIBE_REQUEST
+    raw = from_ada(sample("mailto_unsubscribe.eml"))
+    found = read(raw.replace(b"MIME-Version:", b"Auto-Submitted: auto-generated\r\nMIME-Version:"))
+    assert found is not None and (found.kind, found.email) == (UNSUBSCRIBE_REQUEST, ADA)
+
+
+def test_a_mailto_unsubscribe_from_an_address_the_token_does_not_name_is_kept_unmatched() -> None:
+    found = read(sample("mailto_unsubscribe.eml"))
+    assert found is not None
+    assert (found.kind, found.campaign_id, found.email, found.message_id) == (
+        UNSUBSCRIBE_REQUEST,
+        CAMPAIGN_ID,
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -214,7 +284,8 @@ def test_a_mailto_unsubscribe_marked_automatic_still_unsubscribes() -> None:
         token(UNSUBSCRIBE, secret="another-stage"),  # signed with another secret
         token(UNSUBSCRIBE)[:-2] + ("AA" if not token(UNSUBSCRIBE).endswith("AA") else "BB"),  # altered
         token(UNSUBSCRIBE).lower(),  # a relay that lower-cased the address
-        token(CLICK, link=0),  # a valid token of a kind no address carries
+        mint_address(CLICK, CAMPAIGN_ID, ADA, SECRET),  # a valid token of a kind no address carries
+        url_token(UNSUBSCRIBE),  # a one-click URL token is not an address token
         "not-a-token-at-all-but-long-enough",
     ],
 )

@@ -77,7 +77,10 @@ def test_every_mail_carries_rfc_8058_one_click_headers() -> None:
     assert (token.kind, token.campaign_id, token.email) == ("u", CAMPAIGN, EMAIL)
     local, domain = mailto.removeprefix("mailto:").split("@")
     assert domain == "mailpipe.local" and local.startswith("bounces+")
-    assert tracking_tokens.verify(local.removeprefix("bounces+"), SECRET) == token
+    assert len(local.encode()) <= 64  # RFC 5321 4.5.3.1.1: strict MTAs refuse a longer local part
+    address_token = tracking_tokens.verify_address(local.removeprefix("bounces+"), SECRET)
+    assert address_token is not None and (address_token.kind, address_token.campaign_id) == ("u", CAMPAIGN)
+    assert address_token.names(EMAIL) and not address_token.names("bob@example.org")
 
 
 def test_the_header_is_written_raw_not_as_encoded_words() -> None:
@@ -91,10 +94,10 @@ def test_the_header_is_written_raw_not_as_encoded_words() -> None:
 def test_replies_are_tracked_through_a_plus_address_when_the_campaign_has_no_reply_to() -> None:
     reply_to = str(mail()["Reply-To"])
     local, domain = reply_to.split("@")
-    token = tracking_tokens.verify(local.removeprefix("bounces+"), SECRET)
+    token = tracking_tokens.verify_address(local.removeprefix("bounces+"), SECRET)
 
-    assert domain == "mailpipe.local"
-    assert token is not None and (token.kind, token.email) == ("r", EMAIL)
+    assert domain == "mailpipe.local" and len(local.encode()) <= 64
+    assert token is not None and token.kind == "r" and token.names(EMAIL)
     assert mail(campaign(reply_to="help@shop.example.com"))["Reply-To"] == "help@shop.example.com"
 
 
@@ -192,3 +195,26 @@ def test_campaign_links_are_the_same_whoever_derives_them() -> None:
     assert campaign_links(TEXT, HTML) == campaign_links(TEXT, HTML)
     assert campaign_links(None, None) == ()
     assert campaign_links("see https://a.example/x, and https://a.example/x.", None) == ("https://a.example/x",)
+
+
+def test_plus_addresses_stay_within_64_octets_whatever_the_recipients_address() -> None:
+    long_email = "first.middle.last.with.a.long.department.suffix@a.long.subdomain.of.example.org"
+    raw = message_bytes(campaign(), long_email, {"name": "Ann"}, DOMAIN)
+    msg = message_from_bytes(raw, policy=policy.default)
+
+    locals_ = re.findall(r"([A-Za-z0-9_+.-]+)@mailpipe\.local", str(msg["List-Unsubscribe"]) + str(msg["Reply-To"]))
+    assert len(locals_) == 2 and all(len(local.encode()) <= 64 for local in locals_)
+
+
+def test_a_report_address_too_long_for_a_token_gets_no_plus_addresses(caplog: pytest.LogCaptureFixture) -> None:
+    long_local = "campaign-reports-and-bounces"  # 28 octets: + 1 + 46 > 64
+    for base_url in (BASE, ""):
+        tracking = Tracking(SECRET, base_url, f"{long_local}@mailpipe.local")
+        msg = mail(campaign(tracking=tracking))
+
+        assert msg["Reply-To"] is None  # replies still match by In-Reply-To
+        assert "mailto:" not in str(msg["List-Unsubscribe"] or "")
+        assert f"{long_local}+" not in msg.as_string()
+    https = str(mail(campaign(tracking=Tracking(SECRET, BASE, f"{long_local}@mailpipe.local")))["List-Unsubscribe"])
+    assert re.fullmatch(r"<https://\S+/u/[A-Za-z0-9_-]+>", https)
+    assert "too long for a plus-address token" in caplog.text
