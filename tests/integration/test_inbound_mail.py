@@ -27,7 +27,7 @@ from chalicelib.mailbox_reader import MaildirMailbox
 from chalicelib.models import Event, Suppression
 from chalicelib.rendering import message_id
 from chalicelib.reports import ReportReader, read_reports
-from chalicelib.tracking_tokens import REPLY, UNSUBSCRIBE, TrackingToken, mint
+from chalicelib.tracking_tokens import REPLY, UNSUBSCRIBE, mint_address
 from infra.local.runtime import LocalRuntime
 from tests.conftest import start_runtime
 from tests.support.api import Api, token
@@ -59,7 +59,7 @@ def _sample(name: str, campaign_id: str, email: str, domain: str, *, sender: str
     """A sample from tests/events/inbound about this campaign's mail to ``email``, sent by ``sender``."""
 
     def minted(kind: str) -> str:
-        return mint(TrackingToken(kind, campaign_id, email), SECRET)
+        return mint_address(kind, campaign_id, email, SECRET)
 
     text = Template((SAMPLES / name).read_text()).substitute(
         {
@@ -72,8 +72,8 @@ def _sample(name: str, campaign_id: str, email: str, domain: str, *, sender: str
             **values,
         }
     )
-    # The samples come from Ada; here each comes from the recipient it is about (or from ``sender``).
-    for ada in ("Ada@Example.org", "ada@example.org"):
+    # The samples come from Ada (or her Gmail); here each comes from the recipient it is about (or ``sender``).
+    for ada in ("Ada@Example.org", "ada@example.org", GMAIL):
         text = text.replace(ada, sender or email)
     return text.replace("\n", "\r\n").encode()
 
@@ -91,8 +91,10 @@ def test_replies_auto_replies_complaints_and_unsubscribes_are_recorded_once(
     messages = {
         # By In-Reply-To: the replier is the recipient.
         "reply": _sample("thunderbird_reply.eml", campaign_id, emails[0], domain),
-        # By the plus-addressed Reply-To: sent from another mailbox (a forward to Gmail).
+        # By the plus-addressed Reply-To: the token's digest names the sender.
         "token_reply": _sample("gmail_reply_to_token.eml", campaign_id, emails[1], domain),
+        # The same from another mailbox (a forward to Gmail): the token names no sender, kept for a person.
+        "forwarded_reply": _sample("gmail_reply_to_token.eml", campaign_id, emails[1], domain, sender=GMAIL),
         "auto_reply": _sample("outlook_auto_reply.eml", campaign_id, emails[2], domain),
         "complaint": _sample("arf_campaign.eml", campaign_id, emails[3], domain),
         "unsubscribe": _sample("mailto_unsubscribe.eml", campaign_id, emails[4], domain),
@@ -103,7 +105,7 @@ def test_replies_auto_replies_complaints_and_unsubscribes_are_recorded_once(
             campaign_id,
             emails[6],
             domain,
-            UNSUBSCRIBE_TOKEN=mint(TrackingToken(UNSUBSCRIBE, campaign_id, emails[6]), "not-our-secret"),
+            UNSUBSCRIBE_TOKEN=mint_address(UNSUBSCRIBE, campaign_id, emails[6], "not-our-secret"),
         ),
     }
     for raw in messages.values():
@@ -112,7 +114,7 @@ def test_replies_auto_replies_complaints_and_unsubscribes_are_recorded_once(
     settings = dataclasses.replace(wiring.settings(), tracking_secret=SECRET)
     reader = ReportReader(settings)
     first = reader.read(MaildirMailbox(tmp_path / "bounces"))
-    assert first == {REPLIED: 2, AUTO_REPLIED: 1, COMPLAINED: 2, UNSUBSCRIBED: 1, "forged": 1}
+    assert first == {REPLIED: 2, AUTO_REPLIED: 1, COMPLAINED: 2, UNSUBSCRIBED: 1, "forged": 1, "unmatched": 1}
 
     events = {(e.email, e.type) for e in Event.query(campaign_id)}
     assert events == {
@@ -135,10 +137,10 @@ def test_replies_auto_replies_complaints_and_unsubscribes_are_recorded_once(
 
     # Nobody moved: an auto-reply never bounces, a complaint is not a delivery report.
     assert {r["status"] for r in api.all_recipients(campaign_id)} == {"sent"}
-    # Everything is still on disk; only the forged one is flagged for a person.
+    # Everything is still on disk; only the forged one and the forwarded reply are flagged for a person.
     names = sorted(os.listdir(tmp_path / "bounces" / "cur"))
     assert len(names) == len(messages)
-    assert sum(name.endswith(":2,F") for name in names) == 1
+    assert sum(name.endswith(":2,F") for name in names) == 2
 
     # A second run finds nothing new…
     assert reader.read(MaildirMailbox(tmp_path / "bounces")) == {}
@@ -146,7 +148,7 @@ def test_replies_auto_replies_complaints_and_unsubscribes_are_recorded_once(
     for path in (tmp_path / "bounces" / "cur").iterdir():
         box.add(path.read_bytes())
     again = reader.read(MaildirMailbox(tmp_path / "bounces"))
-    assert again == {"duplicate": 6, "forged": 1}
+    assert again == {"duplicate": 6, "forged": 1, "unmatched": 1}
     assert {(e.email, e.type) for e in Event.query(campaign_id)} == events
 
     # A later campaign to the complainers and the unsubscriber never mails them.
@@ -182,10 +184,10 @@ def test_replies_sent_over_smtp_reach_the_scheduled_reader(runtime: LocalRuntime
     assert api.wait_until_done(campaign_id)["counts"]["sent"] == 2
     domain = runtime.settings.message_id_domain
     replier, leaver = "smtp0@example.org", "smtp1@example.org"
-    reply_to = f"bounces+{mint(TrackingToken(REPLY, campaign_id, replier), SECRET)}@{domain}"
-    unsubscribe = f"bounces+{mint(TrackingToken(UNSUBSCRIBE, campaign_id, leaver), SECRET)}@{domain}"
+    reply_to = f"bounces+{mint_address(REPLY, campaign_id, replier, SECRET)}@{domain}"
+    unsubscribe = f"bounces+{mint_address(UNSUBSCRIBE, campaign_id, leaver, SECRET)}@{domain}"
 
-    _submit(runtime, GMAIL, reply_to, _sample("gmail_reply_to_token.eml", campaign_id, replier, domain, sender=GMAIL))
+    _submit(runtime, replier, reply_to, _sample("gmail_reply_to_token.eml", campaign_id, replier, domain))
     _submit(runtime, leaver, unsubscribe, _sample("mailto_unsubscribe.eml", campaign_id, leaver, domain))
 
     def recorded() -> set[tuple[str, str]]:

@@ -76,6 +76,11 @@ def test_mails_carry_working_tracking_links_and_one_click_unsubscribe(runtime: L
     https, mailto = re.fullmatch(r"<([^>]+)>,\s*<([^>]+)>", str(mail["List-Unsubscribe"])).groups()
     assert https.startswith(f"{runtime.api_url}/u/")
     assert re.fullmatch(r"mailto:bounces\+[A-Za-z0-9_-]+@mailpipe\.local", mailto)
+    # RFC 5321 4.5.3.1.1: the plus-addresses' local parts fit in 64 octets, so strict MTAs take them.
+    reply_to = str(mail["Reply-To"])
+    for address in (mailto.removeprefix("mailto:"), reply_to):
+        local, _, _ = address.rpartition("@")
+        assert local.startswith("bounces+") and len(local.encode()) <= 64, address
     assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
     # The pixel: a GIF, and an opened event.
