@@ -33,8 +33,9 @@ Order, first match wins:
    octets): they name the campaign and the recipient's digest, not the address. The
    recipient is the first of the message's ``From``, ``Sender``, ``Reply-To`` and
    ``Return-Path`` addresses whose digest the token carries; when none has it (a reply from a
-   forwarding account, a colleague, an alias) the message names the campaign but no recipient,
-   and the reader keeps it for a person, as an unmatched message. A token that does not
+   forwarding account, a colleague, an alias) the message carries the token's digest, and the
+   reader finds the recipient whose stored Message-ID begins with it (our Message-ID's digest
+   starts with the same bytes); found nowhere, it is kept for a person as unmatched. A token that does not
    verify (forged, altered, another stage's, or lower-cased by a relay) is ``FORGED``:
    nothing is recorded and the message is kept for a person.
 4. **Replies by reference.** ``In-Reply-To``/``References`` name one of our Message-IDs. The
@@ -62,7 +63,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email import message_from_bytes
 from email.message import Message
 from email.parser import HeaderParser
@@ -114,6 +115,9 @@ class Inbound:
     message_id: str | None = None  # our Message-ID the message is about
     matched_by: str | None = None  # BY_TOKEN needs no further check: the token is signed
     dedupe: str | None = None  # per message (replies); COMPLAINT_DEDUPE, UNSUBSCRIBE_DEDUPE: per recipient
+    # A signed address token's recipient digest (hex) when no sender address is the recipient
+    # (a forwarded mailbox): the reader finds the recipient whose Message-ID begins with it.
+    recipient_digest: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -264,14 +268,16 @@ def _addressed(message: Message, raw: bytes, tokens: list[str], secret: str) -> 
         return Inbound(
             kind=UNSUBSCRIBE_REQUEST,
             campaign_id=unsubscribe.campaign_id,
-            email=_named_by(unsubscribe, senders),  # None: no sender is the recipient, kept unmatched
+            email=_named_by(unsubscribe, senders),  # None: no sender is the recipient; looked up by digest
             matched_by=BY_TOKEN,
+            recipient_digest=unsubscribe.digest.hex(),
             dedupe=UNSUBSCRIBE_DEDUPE,
             detail={"via": "mailto", "from": _from(message)},
         )
     reply = _first_valid(tokens, secret, REPLY)
     if reply is not None:
-        return _replied(message, raw, reply.campaign_id, _named_by(reply, senders), None, BY_TOKEN)
+        replied = _replied(message, raw, reply.campaign_id, _named_by(reply, senders), None, BY_TOKEN)
+        return replace(replied, recipient_digest=reply.digest.hex())
     return Inbound(kind=FORGED, detail={"from": _from(message)})
 
 

@@ -266,8 +266,14 @@ class ReportReader:
         campaign_id, email = message.campaign_id, message.email
         if campaign_id is None:
             return "unmatched"
-        if email is None:
-            email = self._recipient_by_message_id(campaign_id, message.message_id)
+        if email is None and message.message_id:
+            email = self._recipient_where(campaign_id, "message_id = :m", message.message_id)
+        elif email is None and message.recipient_digest:
+            # A forwarded mailbox's reply or unsubscribe: the signed token names the recipient by
+            # the digest its Message-ID begins with (chalicelib.tracking_tokens.recipient_digest).
+            email = self._recipient_where(
+                campaign_id, "begins_with(message_id, :m)", f"<{campaign_id}.{message.recipient_digest}"
+            )
         elif not message.trusted and email not in self._states(campaign_id, [email]):
             email = None  # a digest or a header can be made up; a signed token cannot
         if email is None:
@@ -281,14 +287,12 @@ class ReportReader:
         event = EngagementEvent(campaign_id, email, event_type, detail=message.detail, dedupe=message.dedupe_for(email))
         return event_type if record(event, self.settings) else "duplicate"
 
-    def _recipient_by_message_id(self, campaign_id: str, message_id: str | None) -> str | None:
-        """The recipient the sender stored this Message-ID on (bounded: a redacted complaint is rare)."""
-        if not message_id:
-            return None
+    def _recipient_where(self, campaign_id: str, condition: str, message_id: str) -> str | None:
+        """The recipient whose stored Message-ID meets ``condition`` on ``:m`` (bounded: such mail is rare)."""
         request: dict[str, Any] = {
             "TableName": self.recipients_table,
             "KeyConditionExpression": "campaign_id = :c",
-            "FilterExpression": "message_id = :m",
+            "FilterExpression": condition,
             "ProjectionExpression": "email",
             "ExpressionAttributeValues": {":c": {"S": campaign_id}, ":m": {"S": message_id}},
         }
