@@ -29,6 +29,8 @@ from typing import Any
 
 import botocore.session
 
+from bench import cost
+
 DDB_WRITE_OPS = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems")
 COUNTS_ENV = "MAILPIPE_BENCH_COUNTS"
 CallKey = tuple[str, str, str]  # (component, service, operation)
@@ -57,16 +59,26 @@ class Tally:
     attempts: Counter[tuple[str, str]] = field(default_factory=Counter)  # HTTP attempts incl. retries (before-send)
     errors: Counter[CallKey] = field(default_factory=Counter)  # (component, service, 'Op Code') (after-call)
     seconds: Counter[tuple[str, str]] = field(default_factory=Counter)  # wall time inside calls, summed over threads
+    # billing units (bench/cost.py): (component, service, operation, kind) → WRU, RRU, SQS requests, …
+    units: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
 
     def __sub__(self, other: Tally) -> Tally:
         seconds = Counter({k: v - other.seconds.get(k, 0.0) for k, v in self.seconds.items()})
-        return Tally(self.calls - other.calls, self.attempts - other.attempts, self.errors - other.errors, seconds)
+        units = Counter({k: v - other.units.get(k, 0) for k, v in self.units.items()})
+        return Tally(
+            self.calls - other.calls, self.attempts - other.attempts, self.errors - other.errors, seconds, units
+        )
 
     def __add__(self, other: Tally) -> Tally:
         seconds = Counter(self.seconds)
         for k, v in other.seconds.items():
             seconds[k] += v
-        return Tally(self.calls + other.calls, self.attempts + other.attempts, self.errors + other.errors, seconds)
+        units = Counter(self.units)
+        for k, v in other.units.items():
+            units[k] += v
+        return Tally(
+            self.calls + other.calls, self.attempts + other.attempts, self.errors + other.errors, seconds, units
+        )
 
     def by_service(self) -> Counter[str]:
         """API calls per service."""
@@ -106,6 +118,8 @@ class Tally:
             tally.errors[(row["component"], row["service"], row["error"])] += row["count"]
         for row in data.get("seconds", []):
             tally.seconds[(row["service"], row["operation"])] += row["seconds"]
+        for row in data.get("units", []):
+            tally.units[(row["component"], row["service"], row["operation"], row["kind"])] += row["amount"]
         return tally
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +131,10 @@ class Tally:
             "attempts": [{"service": s, "operation": o, "count": n} for (s, o), n in self.attempts.items()],
             "errors": [{"component": c, "service": s, "error": e, "count": n} for (c, s, e), n in self.errors.items()],
             "seconds": [{"service": s, "operation": o, "seconds": t} for (s, o), t in self.seconds.items()],
+            "units": [
+                {"component": c, "service": s, "operation": o, "kind": k, "amount": a}
+                for (c, s, o, k), a in self.units.items()
+            ],
         }
 
 
@@ -186,12 +204,16 @@ class RequestCounter:
         tally = self._tally
         lock = self._lock
 
-        def on_call(model: Any, context: Any = None, **_: Any) -> None:
-            key = (component_of(threading.current_thread().name), service, model.name)
+        def on_call(model: Any, params: Any = None, context: Any = None, **_: Any) -> None:
+            component = component_of(threading.current_thread().name)
+            key = (component, service, model.name)
+            units = _units_of_request(service, model.name, params, context)
             if isinstance(context, dict):
                 context["mailpipe_bench_t0"] = time.perf_counter()
             with lock:
                 tally.calls[key] += 1
+                for kind, amount in units.items():
+                    tally.units[(component, service, model.name, kind)] += amount
 
         def on_send(event_name: str, **_: Any) -> None:
             operation = event_name.rsplit(".", 1)[-1]
@@ -205,8 +227,12 @@ class RequestCounter:
             if getattr(http_response, "status_code", 200) >= 300:
                 error = parsed.get("Error", {}) if isinstance(parsed, dict) else {}
                 code = str(error.get("Code") or http_response.status_code)
+            units = _units_of_response(service, model.name, parsed, context)
+            component = component_of(threading.current_thread().name)
             with lock:
                 tally.seconds[(service, model.name)] += elapsed
+                for kind, amount in units.items():
+                    tally.units[(component, service, model.name, kind)] += amount
                 if code is not None:
                     tally.errors[(component_of(threading.current_thread().name), service, f"{model.name} {code}")] += 1
 
@@ -231,6 +257,23 @@ class RequestCounter:
         with self._lock:
             t = self._tally
             return Tally(Counter(t.calls), Counter(t.attempts), Counter(t.errors), Counter(t.seconds))
+
+
+def _units_of_request(service: str, operation: str, params: Any, context: Any) -> Counter[str]:
+    """Billing units by the request; a request the estimate cannot parse costs nothing extra, never a failure."""
+    if not isinstance(params, dict) or not isinstance(context, dict):
+        return Counter()
+    try:
+        return cost.request_units(service, operation, params, context)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return Counter()
+
+
+def _units_of_response(service: str, operation: str, parsed: Any, context: Any) -> Counter[str]:
+    try:
+        return cost.response_units(service, operation, parsed, context if isinstance(context, dict) else {})
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return Counter()
 
 
 # -- counts from other processes -----------------------------------------------------------------

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import cost
 from bench.counting import (
     COUNTS_ENV,
     DDB_WRITE_OPS,
@@ -302,6 +303,21 @@ def cpu_table(cpu_s: dict[str, float], n: int, elapsed_s: float, indent: str = "
     return lines
 
 
+def cost_lines(pipeline: PipelineResult, n: int) -> list[cost.Line]:
+    """The pipeline's bill per 1M emails, from its counts (bench/cost.py)."""
+    waited = sum(t for key, t in pipeline.tally.seconds.items() if key not in cost.POLL_OPS)
+    seen = cost.Observed(
+        emails=n,
+        elapsed_s=pipeline.elapsed_s,
+        api_requests=1 + pipeline.polls,  # the POST and the status GETs
+        ws_connections=1 if pipeline.freshness else 0,
+        ws_inbound=1 if pipeline.freshness else 0,  # the viewer's subscribe
+        cpu_s=pipeline.cpu_s,
+        memory_mb=cost.lambda_memory_mb(Path(__file__).resolve().parent.parent / ".chalice" / "config.json"),
+    )
+    return cost.estimate(pipeline.tally.units, pipeline.tally.calls, seen, waited)
+
+
 def report(
     n: int,
     concurrency: int,
@@ -358,6 +374,9 @@ def report(
         print("\n".join(per_email_table(raw.tally, n)))
         print("  by component and operation:")
         print("\n".join(breakdown(raw.tally, n)))
+    bill = cost_lines(pipeline, n)
+    print(f"AWS spend per 1,000,000 emails, pipeline, us-east-1 on-demand list prices as of {cost.PRICES_AS_OF}:")
+    print("\n".join(cost.report_lines(bill, n)))
     targets = [
         (f"throughput >= {TARGET_RATE:.0f} emails/s", f"{pipeline.rate:.1f}", pipeline.rate >= TARGET_RATE),
         (
@@ -415,6 +434,12 @@ def report(
             "requests_per_email": {s: c / n for s, c in raw.tally.by_service().items()},
             "ddb_writes_per_email": raw.tally.ddb_writes() / n,
             "requests": raw.tally.to_json(),
+        },
+        "cost_per_million": {
+            "prices_as_of": cost.PRICES_AS_OF,
+            "lines": [{"name": x.name, "quantity": x.quantity, "unit": x.unit, "usd": x.per_million} for x in bill],
+            "aws_usd": cost.total(bill),
+            "ses_usd": cost.PER_MILLION * cost.PRICES["ses_email"][0],
         },
         "ratio": ratio,
         "targets": {name: {"value": value, "pass": ok} for name, value, ok in targets},
