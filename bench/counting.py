@@ -256,7 +256,7 @@ class RequestCounter:
         """A copy of the counts so far."""
         with self._lock:
             t = self._tally
-            return Tally(Counter(t.calls), Counter(t.attempts), Counter(t.errors), Counter(t.seconds))
+            return Tally(Counter(t.calls), Counter(t.attempts), Counter(t.errors), Counter(t.seconds), Counter(t.units))
 
 
 def _units_of_request(service: str, operation: str, params: Any, context: Any) -> Counter[str]:

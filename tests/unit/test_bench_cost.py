@@ -148,3 +148,46 @@ def test_memory_comes_from_the_chalice_config(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"lambda_memory_size": 512, "lambda_functions": {"a": {"lambda_memory_size": 1024}}}))
     assert cost.lambda_memory_mb(config) == {"a": 1024, "": 512}
+
+
+def test_a_snapshot_carries_the_units() -> None:
+    from bench.counting import RequestCounter
+
+    counter = RequestCounter()
+    counter._tally.units[("api", "dynamodb", "PutItem", "wru")] += 2  # as the hooks would add
+    assert counter.snapshot().units == Counter({("api", "dynamodb", "PutItem", "wru"): 2})
+
+
+class _Raw:
+    """A finished HTTP body, as botocore's AWSResponse reads it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: object) -> list[bytes]:
+        return [self.body]
+
+
+def test_the_request_hooks_add_units_for_real_client_calls() -> None:
+    """A before-send answer (as moto's in-process stub gives) lets real client calls run without I/O."""
+    import botocore.session
+    from botocore.awsrequest import AWSResponse
+
+    from bench.counting import RequestCounter
+
+    answers = [b"{}", json.dumps({"Item": {"pk": {"S": "x" * 5000}}}).encode()]
+
+    def answer(request: object, **_: object) -> AWSResponse:
+        return AWSResponse("https://dynamodb.local/", 200, {}, _Raw(answers.pop(0)))
+
+    counter = RequestCounter()
+    client = botocore.session.get_session().create_client(
+        "dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    counter.hook(client)
+    client.meta.events.register("before-send", answer)
+    client.put_item(TableName="t", Item={"pk": {"S": "x" * 2000}})
+    client.get_item(TableName="t", Key={"pk": {"S": "x"}}, ConsistentRead=True)
+    units = counter.snapshot().units
+    assert units[("bench", "dynamodb", "PutItem", "wru")] == 2
+    assert units[("bench", "dynamodb", "GetItem", "rru")] == 2.0
