@@ -162,6 +162,12 @@ def request_units(service: str, operation: str, params: Mapping[str, Any], conte
                 else:
                     (inner,) = entry.values()
                     out["wru"] += write_units(_update_size(inner), transactional=True)
+        elif operation == "BatchGetItem":
+            # Each key asked for is charged, found or not; consistency is per table.
+            context["mailpipe_bench_keys"] = {
+                table: (len(spec.get("Keys") or []), bool(spec.get("ConsistentRead")))
+                for table, spec in (body.get("RequestItems") or {}).items()
+            }
         elif operation in DDB_READ_OPS:
             context["mailpipe_bench_consistent"] = bool(body.get("ConsistentRead"))
     elif service == "sqs" and operation in ("SendMessage", "SendMessageBatch"):
@@ -195,9 +201,16 @@ def response_units(service: str, operation: str, parsed: Any, context: Mapping[s
             size = sum(wire_item_size(item) for item in parsed.get("Items") or [])
             out["rru"] += read_units(size, consistent)
         elif operation == "BatchGetItem":
-            for items in (parsed.get("Responses") or {}).values():
+            asked = context.get("mailpipe_bench_keys") or {}
+            responses = parsed.get("Responses") or {}
+            for table in set(asked) | set(responses):
+                keys, table_consistent = asked.get(table, (0, consistent))
+                items = responses.get(table) or []
                 for item in items:
-                    out["rru"] += read_units(wire_item_size(item), consistent)
+                    out["rru"] += read_units(wire_item_size(item), table_consistent)
+                # Keys not found still cost the minimum; unprocessed keys come back, and are asked again.
+                unprocessed = len((parsed.get("UnprocessedKeys") or {}).get(table, {}).get("Keys") or [])
+                out["rru"] += max(0, keys - len(items) - unprocessed) * read_units(0, table_consistent)
         else:
             for response in parsed.get("Responses") or []:
                 out["rru"] += read_units(wire_item_size(response.get("Item") or {}), transactional=True)

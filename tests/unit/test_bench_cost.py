@@ -84,6 +84,11 @@ def test_reads_priced_by_what_came_back_and_receives_mark_batches() -> None:
     items = [{"pk": {"S": "x" * 3000}}, {"pk": {"S": "y" * 3000}}]  # 6,004 bytes: 2 consistent RRU
     assert cost.response_units("dynamodb", "Query", {"Items": items}, context) == Counter({"rru": 2.0})
     assert cost.response_units("dynamodb", "GetItem", {}, {}) == Counter({"rru": 0.5})
+    batch: dict = {}
+    asked = {"RequestItems": {"t": {"Keys": [{"pk": {"S": str(i)}} for i in range(3)], "ConsistentRead": True}}}
+    cost.request_units("dynamodb", "BatchGetItem", _request(asked), batch)
+    found = {"Responses": {"t": [{"pk": {"S": "x" * 5000}}]}}  # 2 RRU, and 1 for each of the two not found
+    assert cost.response_units("dynamodb", "BatchGetItem", found, batch) == Counter({"rru": 4.0})
     received = {"Messages": [{"Body": "hello"}]}
     assert cost.response_units("sqs", "ReceiveMessage", received, {}) == Counter({"sqs": 1, "batches": 1})
     assert cost.response_units("sqs", "ReceiveMessage", {}, {}) == Counter({"sqs": 1})
