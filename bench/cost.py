@@ -37,9 +37,10 @@ SQS_CHUNK = 64 * KB
 WS_CHUNK = 32 * KB
 PER_MILLION = 1_000_000
 
-# us-east-1 on-demand list prices, x86 Lambda; free tiers ignored. DynamoDB's are those since its
-# 2024-11-01 on-demand price cut. USD per unit.
-PRICES_AS_OF = "2026-11-28"
+# us-east-1 on-demand list prices, x86 Lambda; free tiers ignored. USD per unit. They are the
+# published prices as of November 2024 (DynamoDB's since its 2024-11-01 on-demand price cut),
+# written down from the price pages then; this machine has no internet to re-check them today.
+PRICES_AS_OF = "2024-11 (not re-checked since)"
 PRICES: dict[str, tuple[float, str]] = {
     "lambda_request": (0.20 / PER_MILLION, "$0.20 per 1M requests"),
     "lambda_gb_s": (0.0000166667, "$0.0000166667 per GB-second"),
