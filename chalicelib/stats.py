@@ -169,6 +169,8 @@ def derive_status(counts: dict[str, int], total: int, current: str) -> str:
         return COMPLETED_WITH_FAILURES if failed else COMPLETED
     if current == PAUSED:
         return PAUSED
+    if current == SCHEDULED and accounted - counts.get(PENDING, 0) - counts.get(SUPPRESSED, 0) == 0:
+        return SCHEDULED  # suppressed at creation is no sign of a start
     if accounted - counts.get(PENDING, 0) > 0 or current in (COMPLETED, COMPLETED_WITH_FAILURES):
         return CAMPAIGN_SENDING
     return current if current in (QUEUED, CAMPAIGN_SENDING, SCHEDULED) else QUEUED
