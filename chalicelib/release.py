@@ -435,7 +435,9 @@ class CancelSweep:
                 self._again(job, 0)  # more may be left: straight on, as a new job
                 return ended
         live_until = 0.0
+        looked_at = 0
         for recipient in Recipient.status_index.query(campaign_id, Recipient.status == SENDING, limit=budget):
+            looked_at += 1
             now = self.clock()
             if recipient.lease_until is not None and recipient.lease_until >= now:
                 live_until = max(live_until, float(recipient.lease_until))
@@ -445,6 +447,8 @@ class CancelSweep:
             # Its worker records an outcome by then (a deferred one is ended by the next
             # pass), or its lease lapses and the next pass ends it.
             self._again(job, math.ceil(live_until - self.clock()) + 1)
+        elif looked_at >= budget:
+            self._again(job, 0)  # more sending ones than this pass could look at
         elif job.sweep == 1:
             self._again(job, math.ceil(CAMPAIGN_CACHE_S) + 1)
         return ended

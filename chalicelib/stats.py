@@ -83,15 +83,22 @@ def init_campaign(
 
 
 def set_status(campaign_id: str, status: str, settings: Settings) -> None:
-    """Write a status the user chose (cancelled) on the totals row, which ``derive_status`` then keeps."""
-    aws_client("dynamodb", settings).update_item(
-        TableName=_table(settings),
-        Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
-        UpdateExpression="SET #st = :st",
-        ConditionExpression="attribute_exists(campaign_id)",
-        ExpressionAttributeNames={"#st": "status"},
-        ExpressionAttributeValues={":st": {"S": status}},
-    )
+    """Write a status the user chose (cancelled) on the totals row, which ``derive_status`` then keeps.
+
+    No row, no write: a campaign without counters has nothing for the aggregator to derive.
+    """
+    client = aws_client("dynamodb", settings)
+    try:
+        client.update_item(
+            TableName=_table(settings),
+            Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
+            UpdateExpression="SET #st = :st",
+            ConditionExpression="attribute_exists(campaign_id)",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues={":st": {"S": status}},
+        )
+    except client.exceptions.ConditionalCheckFailedException:
+        pass
 
 
 def _plain(item: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Sending is paced at 20 mails/s so a cancel lands while a campaign is sending.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -14,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from chalicelib import wiring
 from chalicelib.models import CAMPAIGN_CACHE_S, OPEN_STATES, RECIPIENT_STATES
+from chalicelib.recipients import RecipientStore
+from chalicelib.release import CancelSweep, ChunkJob
 from infra.local.runtime import LocalRuntime
 from tests.conftest import start_runtime
 from tests.support.api import Api, token
@@ -179,3 +183,32 @@ def test_cancel_of_a_sending_campaign_stops_its_mail_and_the_counts_add_up(runti
     # A repeated cancel answers the same; a cancelled campaign cannot be resumed or retried into sending.
     assert api.call("POST", f"/campaigns/{campaign_id}/cancel") == (200, body)
     assert api.call("POST", f"/campaigns/{campaign_id}/resume")[0] == 409
+
+
+class RecordingQueue:
+    """Stands in for the release queue: keeps the sweep jobs a pass queues, with their delays."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[dict[str, Any], int]] = []
+
+    def send_jobs(self, bodies: list[dict[str, Any]], delay_s: int = 0) -> None:
+        self.sent.extend((body, delay_s) for body in bodies)
+
+
+def test_the_cancel_sweep_is_bounded_per_pass_and_goes_on_until_none_is_open(runtime: LocalRuntime) -> None:
+    api = Api(runtime.api_url, token("sweep"))
+    campaign_id = api.create_campaign(5, prefix="swept", send_at=at(3600))["campaign_id"]
+    queue = RecordingQueue()
+    sweep = CancelSweep(RecipientStore(wiring.settings()), queue, page=2)  # type: ignore[arg-type]
+
+    job = ChunkJob(campaign_id, (), sweep=1)
+    ended = []
+    while job is not None:
+        ended.append(sweep.handle(job))
+        follow = [body for body, _ in queue.sent if body["sweep"] == job.sweep + 1]
+        job = ChunkJob.from_json(json.dumps(follow[0])) if follow else None
+        assert len(ended) < 10, "the sweep never ended"
+    # Two per pass, each pass queueing the next at once; the last finds one and stops.
+    assert ended == [2, 2, 1]
+    assert [delay for _, delay in queue.sent] == [0, 0]
+    assert {r["status"] for r in api.all_recipients(campaign_id)} == {"cancelled"}
