@@ -6,7 +6,7 @@ from typing import Any
 
 from chalice import AuthResponse, Chalice, Rate
 
-from chalicelib import api, dead_letters, realtime, reports, stream_failures, wiring
+from chalicelib import api, campaigns, dead_letters, realtime, reports, stream_failures, wiring
 from chalicelib.auth import bearer_token, verify_token
 from chalicelib.errors import Unauthorized
 from chalicelib.release import ChunkJob
@@ -140,6 +140,16 @@ def resume_campaign(campaign_id: str) -> Any:
     return api.resume(app.current_request, campaign_id, wiring.settings())
 
 
+@app.route("/campaigns/{campaign_id}/cancel", methods=["POST"], authorizer=token_authorizer, cors=True)
+def cancel_campaign(campaign_id: str) -> Any:
+    return api.cancel(app.current_request, campaign_id, wiring.settings())
+
+
+@app.route("/campaigns/{campaign_id}/schedule", methods=["POST"], authorizer=token_authorizer, cors=True)
+def reschedule_campaign(campaign_id: str) -> Any:
+    return api.reschedule(app.current_request, campaign_id, wiring.settings())
+
+
 @app.route("/", methods=["GET"])
 @app.route("/dashboard", methods=["GET"])
 def dashboard() -> Any:
@@ -247,3 +257,9 @@ def record_stream_failures(event: Any) -> dict:
 def read_delivery_reports(event: Any) -> None:
     """Apply the delivery reports waiting in the bounce mailbox."""
     reports.read_reports(wiring.settings())
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES))
+def start_scheduled_campaigns(event: Any) -> None:
+    """Start the scheduled campaigns whose send_at has come (within a minute of it)."""
+    campaigns.start_due(wiring.settings())

@@ -17,7 +17,7 @@ from pynamodb.exceptions import UpdateError
 
 from chalicelib import alerts, engagement_stats, stats
 from chalicelib.live import stats_payload
-from chalicelib.models import COMPLETED, COMPLETED_WITH_FAILURES, PAUSED, Campaign
+from chalicelib.models import CANCELLED, COMPLETED, COMPLETED_WITH_FAILURES, PAUSED, Campaign
 from chalicelib.realtime import LiveSink, broadcast
 from chalicelib.settings import Settings
 from chalicelib.stats import Applied, Transition
@@ -65,12 +65,13 @@ def update_campaign_status(applied: Applied) -> None:
     """Carry a derived status change over to the campaign item.
 
     Conditional, so a stale aggregator never overwrites a pause the user asked
-    for, except to mark the campaign done when every recipient is final.
+    for, except to mark the campaign done when every recipient is final, and
+    never overwrites a cancel at all (its recipients end ``cancelled`` afterwards).
     """
     if applied.status == applied.previous_status:
         return
     done = applied.status in (COMPLETED, COMPLETED_WITH_FAILURES)
-    condition = Campaign.status != applied.status
+    condition = (Campaign.status != applied.status) & (Campaign.status != CANCELLED)
     if not done:
         condition = condition & (Campaign.status != PAUSED)
     try:
@@ -147,7 +148,7 @@ class Aggregator:
         except Campaign.DoesNotExist:
             return result.status
         status = campaign.status
-        if status in (COMPLETED, COMPLETED_WITH_FAILURES, PAUSED):
+        if status in (COMPLETED, COMPLETED_WITH_FAILURES, PAUSED, CANCELLED):
             return status
         for alert in alerts.crossed(campaign, result.counts, self.settings):
             if alerts.fire(alert, self.settings):

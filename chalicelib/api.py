@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -21,7 +22,7 @@ from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, Pa
 from chalicelib.openapi import openapi_document
 from chalicelib.pagination import MAX_KEY_BYTES, key_string_fits, parse_limit
 from chalicelib.settings import Settings
-from chalicelib.validation import parse_campaign_request
+from chalicelib.validation import parse_campaign_request, parse_send_at
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +248,24 @@ def pause(request: Any, campaign_id: str) -> Response:
 def resume(request: Any, campaign_id: str, settings: Settings) -> Response:
     """POST /campaigns/{id}/resume."""
     return respond(request, WRITE, lambda p: (200, campaigns.resume(campaigns.get_owned(p, campaign_id), settings)))
+
+
+def cancel(request: Any, campaign_id: str, settings: Settings) -> Response:
+    """POST /campaigns/{id}/cancel: the campaign and its open recipients end ``cancelled``."""
+    return respond(request, WRITE, lambda p: (200, campaigns.cancel(campaigns.get_owned(p, campaign_id), settings)))
+
+
+def reschedule(request: Any, campaign_id: str, settings: Settings) -> Response:
+    """POST /campaigns/{id}/schedule ``{"send_at"}``: move a scheduled campaign's start."""
+
+    def action(p: Principal) -> tuple[int, Any]:
+        body = json_body(request, settings)
+        if not isinstance(body, dict):
+            raise InvalidCampaign([{"field": "body", "error": "must be a JSON object"}])
+        send_at = parse_send_at(body.get("send_at"), time.time())
+        return 200, campaigns.reschedule(campaigns.get_owned(p, campaign_id), send_at)
+
+    return respond(request, WRITE, action)
 
 
 def live_stats(request: Any, campaign_id: str, settings: Settings) -> Response:

@@ -26,6 +26,7 @@ from chalicelib.live import stats_payload
 from chalicelib.models import (
     CAMPAIGN_CACHE_S,
     CAMPAIGN_SENDING,
+    CANCELLED,
     COMPLETED,
     COMPLETED_WITH_FAILURES,
     DEFERRED,
@@ -34,13 +35,15 @@ from chalicelib.models import (
     PENDING,
     QUEUED,
     RECIPIENT_STATES,
+    SCHEDULE_KEY,
+    SCHEDULED,
     SUPPRESSED,
     Campaign,
     Recipient,
 )
 from chalicelib.pagination import decode_start_key, decode_walk, encode_token
 from chalicelib.recipients import RecipientStore, parse_history
-from chalicelib.release import enqueue_release
+from chalicelib.release import enqueue_release, queue_cancel_sweep
 from chalicelib.sender_domains import check_sender
 from chalicelib.settings import Settings
 from chalicelib.suppressions import suppressed_among
@@ -63,8 +66,13 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
     created = now_iso()
     emails = [row.email for row in request.recipients]
     suppressed = suppressed_among(principal.tenant, emails)
-    # Every recipient suppressed: nothing will ever move, so it is done now.
-    initial = COMPLETED if len(suppressed) == len(emails) else QUEUED
+    # Every recipient suppressed: nothing will ever move, so it is done now. With a
+    # send_at, recipients are written now and released by the starter (start_due).
+    if len(suppressed) == len(emails):
+        initial = COMPLETED
+    else:
+        initial = SCHEDULED if request.send_at else QUEUED
+    waiting = initial == SCHEDULED
     campaign = Campaign(
         campaign_id,
         tenant=principal.tenant,
@@ -84,6 +92,8 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         track_clicks=request.track_clicks,
         created_at=created,
         updated_at=created,
+        send_at=request.send_at,
+        schedule_key=SCHEDULE_KEY if waiting else None,
     )
     recipients = [
         Recipient(
@@ -110,7 +120,8 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
             for recipient in recipients:
                 batch.save(recipient)
         campaign.save()
-        enqueue_release(campaign_id, to_send, settings)
+        if not waiting:
+            enqueue_release(campaign_id, to_send, settings)
     except Exception:
         _undo(campaign_id, emails, settings)
         raise
@@ -121,6 +132,7 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         "suppressed": len(suppressed),
         "duplicates_dropped": request.duplicates_dropped,
         "total": len(emails),
+        "send_at": request.send_at,
     }
 
 
@@ -243,6 +255,7 @@ def describe(campaign: Campaign, settings: Settings) -> dict[str, Any]:
         "counts": counts,
         "created_at": campaign.created_at,
         "updated_at": campaign.updated_at,
+        "send_at": campaign.send_at,
     }
 
 
@@ -326,6 +339,8 @@ def retry_failed(
     recipient that was sent meanwhile is never queued again. ``on_reopened`` gets
     the reopened addresses once they are queued (the API forgets their dead letters).
     """
+    if campaign.status == CANCELLED:
+        raise Conflict("a cancelled campaign sends nothing more")
     store = RecipientStore(settings)
     reopened = [
         r.email
@@ -425,3 +440,117 @@ def live_stats(campaign: Campaign, settings: Settings) -> dict[str, Any]:
         totals, engagement_stats.read_top_links(campaign.campaign_id, settings)
     )
     return payload
+
+
+# Campaign states a cancel can stop; a finished campaign has nothing left to cancel.
+CANCELLABLE = (SCHEDULED, QUEUED, CAMPAIGN_SENDING, PAUSED)
+
+
+def cancel(campaign: Campaign, settings: Settings) -> dict[str, Any]:
+    """Stop the campaign for good: nothing is released or sent after this returns (bar CAMPAIGN_CACHE_S).
+
+    The status write is what stops the pipeline: the release stage reads it
+    (consistently) for every chunk, and senders within their campaign cache. The
+    open recipients end ``cancelled`` through a bounded sweep on the release
+    queue (release.CancelSweep), so a cancel answers in constant time whatever
+    the campaign's size. Cancelling a cancelled campaign answers the same again.
+    """
+    if campaign.status != CANCELLED:
+        try:
+            campaign.update(
+                actions=[
+                    Campaign.status.set(CANCELLED),
+                    Campaign.schedule_key.remove(),  # out of the scheduled index: never started
+                    Campaign.updated_at.set(now_iso()),
+                ],
+                condition=Campaign.status.is_in(*CANCELLABLE),
+            )
+        except UpdateError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+            current = get_status(campaign.campaign_id)
+            if current != CANCELLED:
+                raise Conflict(f"a {current} campaign cannot be cancelled") from exc
+    # Also when repeated: a retry of a cancel whose sweep was never queued (a crash) queues it.
+    stats.set_status(campaign.campaign_id, CANCELLED, settings)
+    queue_cancel_sweep(campaign.campaign_id, settings)
+    return {"campaign_id": campaign.campaign_id, "status": CANCELLED}
+
+
+def get_status(campaign_id: str) -> str | None:
+    """The campaign's status now (strongly consistent), or None when it is gone."""
+    try:
+        return Campaign.get(campaign_id, consistent_read=True).status
+    except Campaign.DoesNotExist:
+        return None
+
+
+def reschedule(campaign: Campaign, send_at: str) -> dict[str, Any]:
+    """Move a scheduled campaign's start; once it started (or was cancelled), a 409."""
+    try:
+        campaign.update(
+            actions=[
+                Campaign.send_at.set(send_at),
+                Campaign.schedule_key.set(SCHEDULE_KEY),
+                Campaign.updated_at.set(now_iso()),
+            ],
+            condition=Campaign.status == SCHEDULED,
+        )
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        current = get_status(campaign.campaign_id)
+        raise Conflict(f"a {current} campaign cannot be rescheduled: it is not waiting to start") from exc
+    return {"campaign_id": campaign.campaign_id, "status": SCHEDULED, "send_at": send_at}
+
+
+# Campaigns one run of the starter takes at most; the rest are due at the next run (a minute on).
+START_BATCH = 25
+
+
+def start_due(settings: Settings, now: float | None = None) -> list[str]:
+    """Start every scheduled campaign whose send_at has come (the once-a-minute starter); returns their ids.
+
+    The sparse scheduled index holds only waiting campaigns, so one Query finds the
+    due ones. Each is started by queueing its pending recipients' release chunks,
+    then flipping ``scheduled → queued`` on a condition that the send_at read is
+    still the campaign's. In that order, a crash in between leaves the campaign
+    scheduled and the next run queues it again; two runs racing queue the chunks
+    twice, and the sender's claim keeps that to one mail per recipient. Chunks of a
+    campaign that was rescheduled or cancelled meanwhile are dropped or ended by
+    the release stage, which reads the status (consistently) for every chunk.
+    """
+    due_by = now_iso(now)
+    started = []
+    for key in Campaign.scheduled_index.query(SCHEDULE_KEY, Campaign.send_at <= due_by, limit=START_BATCH):
+        if start_campaign(key.campaign_id, key.send_at, settings):
+            started.append(key.campaign_id)
+    return started
+
+
+def start_campaign(campaign_id: str, send_at: str, settings: Settings) -> bool:
+    """Queue a due campaign's pending recipients and mark it started; False if it was no longer due."""
+    emails = [r.email for r in Recipient.status_index.query(campaign_id, Recipient.status == PENDING)]
+    if emails:
+        # Shown on the release queue a little after the flip below, which the release
+        # stage must see to release them (a chunk of a still-scheduled campaign is dropped).
+        enqueue_release(campaign_id, emails, settings, delay_s=START_DELAY_S)
+    try:
+        Campaign(campaign_id).update(
+            actions=[
+                Campaign.status.set(QUEUED),
+                Campaign.schedule_key.remove(),
+                Campaign.updated_at.set(now_iso()),
+            ],
+            condition=(Campaign.status == SCHEDULED) & (Campaign.send_at == send_at),
+        )
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        logger.info("campaign %s was rescheduled, cancelled or started meanwhile", campaign_id)
+        return False
+    return True
+
+
+# Seconds a started campaign's chunks wait on the release queue (see start_campaign).
+START_DELAY_S = 2

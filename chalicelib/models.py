@@ -15,7 +15,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UnicodeSetAttribute,
 )
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, LocalSecondaryIndex
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, KeysOnlyProjection, LocalSecondaryIndex
 from pynamodb.models import Model
 
 from chalicelib.settings import Settings
@@ -29,14 +29,18 @@ DEFERRED = "deferred"
 BOUNCED = "bounced"
 FAILED = "failed"
 SUPPRESSED = "suppressed"
+# Its campaign was cancelled before the mail went out (POST /campaigns/{id}/cancel).
+CANCELLED = "cancelled"
 
-RECIPIENT_STATES = (PENDING, SENDING, SENT, DELIVERED, DEFERRED, BOUNCED, FAILED, SUPPRESSED)
+RECIPIENT_STATES = (PENDING, SENDING, SENT, DELIVERED, DEFERRED, BOUNCED, FAILED, SUPPRESSED, CANCELLED)
 # States a recipient can still leave on its own; a campaign is done when none remain.
 OPEN_STATES = frozenset({PENDING, SENDING, DEFERRED})
 FINAL_STATES = frozenset(RECIPIENT_STATES) - OPEN_STATES
 FAILURE_STATES = frozenset({BOUNCED, FAILED, SUPPRESSED})
 
-# Campaign states.
+# Campaign states. ``scheduled`` waits for its send_at; ``cancelled`` is final and the
+# aggregator never derives another status over it.
+SCHEDULED = "scheduled"
 QUEUED = "queued"
 CAMPAIGN_SENDING = "sending"
 PAUSED = "paused"
@@ -45,6 +49,10 @@ PAUSED = "paused"
 CAMPAIGN_CACHE_S = 2.0
 COMPLETED = "completed"
 COMPLETED_WITH_FAILURES = "completed_with_failures"
+# CANCELLED (above) is a campaign state too.
+# The one value of ``Campaign.schedule_key`` while a campaign waits: the scheduled index is
+# sparse (only waiting campaigns carry the key), so one Query finds every due campaign.
+SCHEDULE_KEY = "waiting"
 
 
 class TenantCreatedIndex(GlobalSecondaryIndex["Campaign"]):
@@ -56,6 +64,17 @@ class TenantCreatedIndex(GlobalSecondaryIndex["Campaign"]):
 
     tenant = UnicodeAttribute(hash_key=True)
     created_at = UnicodeAttribute(range_key=True)
+
+
+class ScheduledIndex(GlobalSecondaryIndex["Campaign"]):
+    """Campaigns waiting for their ``send_at``, soonest first (sparse: only they carry ``schedule_key``)."""
+
+    class Meta:
+        index_name = "scheduled-index"
+        projection = KeysOnlyProjection()
+
+    schedule_key = UnicodeAttribute(hash_key=True)
+    send_at = UnicodeAttribute(range_key=True)
 
 
 class Campaign(Model):
@@ -86,7 +105,12 @@ class Campaign(Model):
     track_clicks = BooleanAttribute(null=True)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute(null=True)
+    # When a scheduled campaign starts (UTC, the now_iso format, so strings compare in time
+    # order); ``schedule_key`` is set only while it waits (ScheduledIndex).
+    send_at = UnicodeAttribute(null=True)
+    schedule_key = UnicodeAttribute(null=True)
     tenant_index = TenantCreatedIndex()
+    scheduled_index = ScheduledIndex()
 
 
 class RecipientStatusIndex(LocalSecondaryIndex["Recipient"]):

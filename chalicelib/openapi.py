@@ -18,17 +18,19 @@ from chalicelib.engagement import EVENT_TYPES
 from chalicelib.engagement_stats import RATE_TYPES
 from chalicelib.models import (
     CAMPAIGN_SENDING,
+    CANCELLED,
     COMPLETED,
     COMPLETED_WITH_FAILURES,
     PAUSED,
     QUEUED,
     RECIPIENT_STATES,
+    SCHEDULED,
 )
 from chalicelib.pagination import DEFAULT_LIMIT, MAX_KEY_BYTES, MAX_LIMIT
 from chalicelib.validation import MAX_NAME, MAX_SUBJECT
 
 OPENAPI_VERSION = "3.0.3"
-CAMPAIGN_STATES = [QUEUED, CAMPAIGN_SENDING, PAUSED, COMPLETED, COMPLETED_WITH_FAILURES]
+CAMPAIGN_STATES = [SCHEDULED, QUEUED, CAMPAIGN_SENDING, PAUSED, COMPLETED, COMPLETED_WITH_FAILURES, CANCELLED]
 
 
 def ref(name: str) -> dict[str, str]:
@@ -45,6 +47,12 @@ STRING = {"type": "string"}
 INTEGER = {"type": "integer"}
 COUNT = {"type": "integer", "minimum": 0}
 TIMESTAMP = {"type": "string", "description": "ISO 8601, UTC"}
+SEND_AT = {
+    "type": "string",
+    "format": "date-time",
+    "description": "ISO 8601 with a time zone offset, in the future and at most a year ahead; "
+    "the campaign waits as scheduled and starts within a minute after it",
+}
 NEXT_TOKEN = nullable({"type": "string", "description": "Pass as ?next= for the following page; null on the last."})
 
 
@@ -116,6 +124,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "default": True,
                 "description": "Links rewritten to per-recipient click-tracking URLs",
             },
+            "send_at": SEND_AT,
         },
         required=["name", "from", "subject", "recipients"],
     ),
@@ -127,6 +136,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "suppressed": COUNT,
             "duplicates_dropped": COUNT,
             "total": COUNT,
+            "send_at": nullable({**TIMESTAMP, "description": "When it starts (UTC); null: at once"}),
         }
     ),
     "Campaign": obj(
@@ -141,6 +151,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "counts": COUNTS,
             "created_at": TIMESTAMP,
             "updated_at": nullable(TIMESTAMP),
+            "send_at": nullable({**TIMESTAMP, "description": "When it starts or started (UTC); null: at once"}),
         }
     ),
     "CampaignPage": obj(
@@ -230,6 +241,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
     "EventPage": obj({"events": {"type": "array", "items": ref("Event")}, "next": NEXT_TOKEN}),
+    "Cancelled": obj({"campaign_id": STRING, "status": {"type": "string", "enum": [CANCELLED]}}),
+    "ScheduleRequest": obj({"send_at": SEND_AT}),
+    "Scheduled": obj({"campaign_id": STRING, "status": {"type": "string", "enum": [SCHEDULED]}, "send_at": TIMESTAMP}),
     "Paused": obj({"campaign_id": STRING, "status": {"type": "string", "enum": ["paused"]}}),
     "Resumed": obj({"campaign_id": STRING, "status": {"type": "string", "enum": ["sending"]}, "requeued": COUNT}),
     "Requeued": obj({"campaign_id": STRING, "requeued": COUNT}),
@@ -473,6 +487,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/campaigns/{campaign_id}/resume"): Operation(
         "Send the open recipients again", (200, "Resumed"), WRITE, errors=CAMPAIGN_ERRORS + (409,)
+    ),
+    ("POST", "/campaigns/{campaign_id}/cancel"): Operation(
+        "Cancel for good: nothing more is sent (bar CAMPAIGN_CACHE_S); every open recipient ends cancelled",
+        (200, "Cancelled"),
+        WRITE,
+        errors=CAMPAIGN_ERRORS + (409,),
+    ),
+    ("POST", "/campaigns/{campaign_id}/schedule"): Operation(
+        "Move a scheduled campaign's start (409 once it started)",
+        (200, "Scheduled"),
+        WRITE,
+        body="ScheduleRequest",
+        errors=CAMPAIGN_ERRORS + (409,),
     ),
     ("GET", "/dlq"): Operation(
         "The caller's dead letters, exactly", (200, "DeadLetters"), ADMIN, (LIMIT, NEXT, CAMPAIGN_FILTER)

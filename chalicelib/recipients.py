@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.clients import aws_client
-from chalicelib.models import DEFERRED, FAILED, PENDING, SENDING, Recipient
+from chalicelib.models import CANCELLED, DEFERRED, FAILED, PENDING, SENDING, Recipient
 from chalicelib.settings import Settings
 from chalicelib.timeutil import now_iso
 
@@ -197,6 +197,43 @@ class RecipientStore:
                 ConditionExpression=condition,
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues=values,
+            )
+        except self._condition_failed:
+            return False
+        return True
+
+    def cancel_open(self, campaign_id: str, email: str, now: float, reason: str = "campaign cancelled") -> bool:
+        """End an open recipient ``cancelled``: pending or deferred, or sending with a lapsed lease.
+
+        A live claim is left alone: its worker records the outcome it got (the mail may
+        already be on the wire), and a later sweep or job cancels it if that was ``deferred``.
+        """
+        at = now_iso(now)
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key=_key(campaign_id, email),
+                UpdateExpression=(
+                    "SET #s = :cancelled, last_reply = :reply, updated_at = :at, "
+                    "history = list_append(if_not_exists(history, :empty), :entry) "
+                    "REMOVE lease_until, retry_at"
+                ),
+                ConditionExpression=(
+                    "attribute_exists(email) AND "
+                    "(#s IN (:pending, :deferred) OR (#s = :sending AND lease_until < :now))"
+                ),
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":cancelled": {"S": CANCELLED},
+                    ":reply": {"S": reason},
+                    ":at": {"S": at},
+                    ":empty": {"L": []},
+                    ":entry": history_entry(at, CANCELLED, reason),
+                    ":pending": {"S": PENDING},
+                    ":deferred": {"S": DEFERRED},
+                    ":sending": {"S": SENDING},
+                    ":now": {"N": repr(now)},
+                },
             )
         except self._condition_failed:
             return False

@@ -29,6 +29,14 @@ a chunk whose tenant has no tokens left goes back on the queue with a delay
 instead of holding the worker. Nothing is dropped: a remainder is queued before
 the invocation returns, i.e. before SQS deletes the message it came from. A crash
 in between releases that slice twice, and the sender's claim stops a second mail.
+
+Cancel. A chunk of a cancelled campaign is not released: its recipients end
+``cancelled`` here. ``POST /campaigns/{id}/cancel`` also queues a *sweep* job
+(a chunk with ``sweep`` set) that ends the campaign's other open recipients
+``cancelled``, at most ``SWEEP_PAGE`` per invocation; it queues itself again
+until none is left, waiting out the live leases of recipients being sent
+(``CancelSweep``). A chunk of a campaign still ``scheduled`` is dropped: the
+starter queues the chunks again once it has marked the campaign started.
 """
 
 from __future__ import annotations
@@ -41,8 +49,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chalicelib.clients import aws_client
-from chalicelib.models import PAUSED, Campaign
+from chalicelib.models import (
+    CAMPAIGN_CACHE_S,
+    CANCELLED,
+    DEFERRED,
+    PAUSED,
+    PENDING,
+    SCHEDULED,
+    SENDING,
+    Campaign,
+    Recipient,
+)
 from chalicelib.queues import SQS_BATCH, Queue
+from chalicelib.recipients import RecipientStore
 from chalicelib.settings import Settings
 
 PACER_KEY = {"campaign_id": {"S": "_pacer"}, "bucket": {"S": "send"}}
@@ -53,6 +72,9 @@ MAX_DELAY_S = 900
 # when fast senders finish a slice in a fraction of a second. A newcomer waits about
 # one turn per chunk ahead of it.
 MIN_TURN_S = 1.0
+# Recipients one cancel-sweep invocation ends at most (one conditional write each), so a
+# sweep of any size fits the release function's timeout; the rest is the next job's.
+SWEEP_PAGE = 500
 
 
 def tenant_pacer_key(tenant: str) -> dict[str, dict[str, str]]:
@@ -66,16 +88,21 @@ class ChunkJob:
 
     campaign_id: str
     emails: tuple[str, ...]
+    # A cancel sweep (no emails): end the campaign's open recipients ``cancelled``; the pass count.
+    sweep: int = 0
 
     def to_body(self) -> dict[str, Any]:
         """The SQS message body."""
-        return {"c": self.campaign_id, "e": list(self.emails)}
+        body: dict[str, Any] = {"c": self.campaign_id, "e": list(self.emails)}
+        if self.sweep:
+            body["sweep"] = self.sweep
+        return body
 
     @classmethod
     def from_json(cls, raw: str) -> ChunkJob:
         """Parse a release-queue message body."""
         body = json.loads(raw)
-        return cls(campaign_id=str(body["c"]), emails=tuple(body["e"]))
+        return cls(campaign_id=str(body["c"]), emails=tuple(body["e"]), sweep=int(body.get("sweep") or 0))
 
 
 def send_job_body(campaign_id: str, email: str) -> dict[str, str]:
@@ -193,8 +220,14 @@ class Releaser:
         tenant_of: Callable[[str], str] = lambda campaign_id: "",
         tenant_pacer: Callable[[str], TokenSource] | None = None,
         others_waiting: Callable[[], bool] = lambda: True,
+        status_of: Callable[[str], str | None] | None = None,
+        on_cancelled: Callable[[ChunkJob], object] = lambda job: None,
     ) -> None:
         self.is_paused = is_paused
+        # The campaign's status (None: gone); without it, only ``is_paused`` is asked.
+        self.status_of = status_of
+        # What a sweep job, or a chunk of a cancelled campaign, does instead of releasing.
+        self.on_cancelled = on_cancelled
         # Up to ``workers`` releasers run at once (the mapping's MaximumConcurrency) and
         # may read the same depth at the same moment. Each fills at most its share of
         # the free room, so together they never push the queue past ``max_depth``.
@@ -223,8 +256,17 @@ class Releaser:
         end. So other chunks take their turn, a paced campaign never holds a
         worker longer than ``max_seconds``, and nothing is dropped.
         """
-        if self.is_paused(job.campaign_id):
-            return 0  # its recipients stay open; resume releases them again
+        if self.status_of is None:
+            status: str | None = PAUSED if self.is_paused(job.campaign_id) else ""
+        else:
+            status = self.status_of(job.campaign_id)
+        if job.sweep or status == CANCELLED:
+            self.on_cancelled(job)
+            return 0
+        if status in (None, PAUSED, SCHEDULED):
+            # Paused: its recipients stay open and resume releases them again. Scheduled:
+            # the starter queues them again once the campaign is started. Gone: nothing to send.
+            return 0
         tenant = self.tenant_of(job.campaign_id)
         released, remainder, delay_s = self._release(job.campaign_id, tenant, list(job.emails))
         if remainder:
@@ -314,21 +356,29 @@ class Releaser:
 
 
 class CampaignLookup:
-    """Reads a campaign's pause state each time, and its tenant once (a campaign never changes owner)."""
+    """Reads a campaign's status each time, and its tenant once (a campaign never changes owner)."""
 
     def __init__(self) -> None:
         self._tenants: dict[str, str] = {}
 
-    def is_paused(self, campaign_id: str) -> bool:
-        """Paused, or gone (nothing to send for a campaign that is gone)."""
+    def status(self, campaign_id: str) -> str | None:
+        """The campaign's status now, or None when it is gone.
+
+        A strongly consistent read (one per chunk): an eventually consistent one could
+        still show ``scheduled`` just after the starter's write, and the chunk would be dropped.
+        """
         try:
-            campaign = Campaign.get(campaign_id)
+            campaign = Campaign.get(campaign_id, consistent_read=True)
         except Campaign.DoesNotExist:
-            return True
+            return None
         if len(self._tenants) > 10_000:
             self._tenants.clear()  # a long-lived container must not grow without bound
         self._tenants[campaign_id] = campaign.tenant
-        return campaign.status == PAUSED
+        return campaign.status
+
+    def is_paused(self, campaign_id: str) -> bool:
+        """Paused, or gone (nothing to send for a campaign that is gone)."""
+        return self.status(campaign_id) in (None, PAUSED)
 
     def tenant_of(self, campaign_id: str) -> str:
         """The campaign's tenant; empty if it is gone."""
@@ -338,6 +388,80 @@ class CampaignLookup:
             except Campaign.DoesNotExist:
                 return ""
         return self._tenants[campaign_id]
+
+
+class CancelSweep:
+    """Ends a cancelled campaign's open recipients ``cancelled``, a bounded page per job.
+
+    A pass goes through ``pending`` and ``deferred`` from the start of each (the
+    ones it ends leave those states, so no cursor is needed), then looks at the
+    ``sending`` ones: a lapsed lease is ended too, a live one is its worker's to
+    finish. The first pass always comes back once after the senders' campaign
+    cache has expired (a warm sender may still claim within ``CAMPAIGN_CACHE_S``);
+    later passes come back only while work is left or leases are live. A recipient
+    deferred after the last pass is ended by the sender when its job returns.
+    """
+
+    def __init__(
+        self,
+        store: RecipientStore,
+        release_queue: Queue,
+        clock: Callable[[], float] = time.time,
+        page: int = SWEEP_PAGE,
+    ) -> None:
+        self.store = store
+        self.release_queue = release_queue
+        self.clock = clock
+        self.page = page
+
+    def handle(self, job: ChunkJob) -> int:
+        """End the chunk's recipients (a chunk of a cancelled campaign) or run one sweep pass; returns how many."""
+        now = self.clock()
+        ended = sum(1 for email in job.emails if self.store.cancel_open(job.campaign_id, email, now))
+        if job.sweep:
+            ended += self.sweep(job)
+        return ended
+
+    def sweep(self, job: ChunkJob) -> int:
+        """One bounded pass; queues the next pass when one is needed."""
+        campaign_id = job.campaign_id
+        budget = self.page
+        ended = 0
+        for state in (PENDING, DEFERRED):
+            for recipient in Recipient.status_index.query(campaign_id, Recipient.status == state, limit=budget):
+                budget -= 1
+                ended += self.store.cancel_open(campaign_id, recipient.email, self.clock())
+            if budget <= 0:
+                self._again(job, 0)  # more may be left: straight on, as a new job
+                return ended
+        live_until = 0.0
+        looked_at = 0
+        for recipient in Recipient.status_index.query(campaign_id, Recipient.status == SENDING, limit=budget):
+            looked_at += 1
+            now = self.clock()
+            if recipient.lease_until is not None and recipient.lease_until >= now:
+                live_until = max(live_until, float(recipient.lease_until))
+            else:
+                ended += self.store.cancel_open(campaign_id, recipient.email, now)
+        if live_until:
+            # Its worker records an outcome by then (a deferred one is ended by the next
+            # pass), or its lease lapses and the next pass ends it.
+            self._again(job, math.ceil(live_until - self.clock()) + 1)
+        elif looked_at >= budget:
+            self._again(job, 0)  # more sending ones than this pass could look at
+        elif job.sweep == 1:
+            self._again(job, math.ceil(CAMPAIGN_CACHE_S) + 1)
+        return ended
+
+    def _again(self, job: ChunkJob, delay_s: int) -> None:
+        body = ChunkJob(job.campaign_id, (), sweep=job.sweep + 1).to_body()
+        self.release_queue.send_jobs([body], delay_s=min(MAX_DELAY_S, max(0, delay_s)))
+
+
+def queue_cancel_sweep(campaign_id: str, settings: Settings) -> None:
+    """Start the sweep that ends a just-cancelled campaign's open recipients (CancelSweep)."""
+    queue = Queue(aws_client("sqs", settings), settings.release_queue_url)
+    queue.send_jobs([ChunkJob(campaign_id, (), sweep=1).to_body()])
 
 
 def _tenant_pacers(client: Any, table: str, rate_per_s: float) -> Callable[[str], TokenSource]:
@@ -358,13 +482,16 @@ def build_releaser(settings: Settings) -> Releaser:
         tenant_pacer = _tenant_pacers(dynamodb, stats_table, settings.tenant_send_rate_per_s)
     lookup = CampaignLookup()
     release_queue_url = settings.release_queue_url
+    release_queue = Queue(sqs, release_queue_url)
     return Releaser(
         Queue(sqs, settings.send_queue_url),
-        Queue(sqs, release_queue_url),
+        release_queue,
         pacer,
         settings.send_queue_max_depth,
         settings.release_max_seconds,
         is_paused=lookup.is_paused,
+        status_of=lookup.status,
+        on_cancelled=CancelSweep(RecipientStore(settings), release_queue).handle,
         workers=settings.release_concurrency,
         slice_size=settings.release_slice_size,
         tenant_of=lookup.tenant_of,

@@ -33,6 +33,7 @@ from chalicelib.errors import NotSendable, PermanentDeliveryError, TemporaryDeli
 from chalicelib.models import (
     BOUNCED,
     CAMPAIGN_CACHE_S,
+    CANCELLED,
     DEFERRED,
     FAILED,
     FINAL_STATES,
@@ -221,6 +222,11 @@ class Sender:
         if campaign.status == PAUSED:
             # Acknowledge without claiming: the recipient stays open and
             # resume re-releases every open recipient. Nothing is lost.
+            return
+        if campaign.status == CANCELLED:
+            # Never sent: the recipient ends cancelled (unless a live claim holds it, whose
+            # worker records what it got). This job is done either way.
+            self.recipients.cancel_open(campaign_id, email, self.clock())
             return
         token = ClaimToken(record.message_id, int(record.attributes.approximate_receive_count or 1))
         now = self.clock()

@@ -17,6 +17,7 @@ from chalicelib.clients import aws_client
 from chalicelib.models import (
     BOUNCED,
     CAMPAIGN_SENDING,
+    CANCELLED,
     COMPLETED,
     COMPLETED_WITH_FAILURES,
     FAILED,
@@ -25,6 +26,7 @@ from chalicelib.models import (
     PENDING,
     QUEUED,
     RECIPIENT_STATES,
+    SCHEDULED,
     SUPPRESSED,
 )
 from chalicelib.settings import Settings
@@ -78,6 +80,25 @@ def init_campaign(
             "status": {"S": status},
         },
     )
+
+
+def set_status(campaign_id: str, status: str, settings: Settings) -> None:
+    """Write a status the user chose (cancelled) on the totals row, which ``derive_status`` then keeps.
+
+    No row, no write: a campaign without counters has nothing for the aggregator to derive.
+    """
+    client = aws_client("dynamodb", settings)
+    try:
+        client.update_item(
+            TableName=_table(settings),
+            Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
+            UpdateExpression="SET #st = :st",
+            ConditionExpression="attribute_exists(campaign_id)",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues={":st": {"S": status}},
+        )
+    except client.exceptions.ConditionalCheckFailedException:
+        pass
 
 
 def _plain(item: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +164,11 @@ def derive_status(counts: dict[str, int], total: int, current: str) -> str:
 
     Done only when every recipient is final; ``completed_with_failures`` when any
     bounced or failed. A paused campaign stays paused until it is done or resumed.
+    A cancelled campaign stays cancelled, whatever its recipients do; a scheduled one
+    stays scheduled until something moves (its starter writes the campaign item only).
     """
+    if current == CANCELLED:
+        return CANCELLED
     open_count = sum(counts.get(s, 0) for s in OPEN_STATES)
     accounted = sum(counts.get(s, 0) for s in RECIPIENT_STATES)
     if accounted >= total and open_count == 0:
@@ -151,9 +176,11 @@ def derive_status(counts: dict[str, int], total: int, current: str) -> str:
         return COMPLETED_WITH_FAILURES if failed else COMPLETED
     if current == PAUSED:
         return PAUSED
+    if current == SCHEDULED and accounted - counts.get(PENDING, 0) - counts.get(SUPPRESSED, 0) == 0:
+        return SCHEDULED  # suppressed at creation is no sign of a start
     if accounted - counts.get(PENDING, 0) > 0 or current in (COMPLETED, COMPLETED_WITH_FAILURES):
         return CAMPAIGN_SENDING
-    return current if current in (QUEUED, CAMPAIGN_SENDING) else QUEUED
+    return current if current in (QUEUED, CAMPAIGN_SENDING, SCHEDULED) else QUEUED
 
 
 @dataclass

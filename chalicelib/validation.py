@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import formataddr, getaddresses
 from typing import Any
 
@@ -25,6 +26,7 @@ from chalicelib.rendering import (
     recipient_context,
     render_field,
 )
+from chalicelib.timeutil import now_iso
 
 MAX_NAME = 200
 MAX_SUBJECT = 998  # RFC 5322 line limit
@@ -34,6 +36,8 @@ MAX_ROW_ERRORS = 200  # enough to fix a list; more would only bloat the answer
 SAMPLE_HEAD = 10
 SAMPLE_SPREAD = 40
 VALIDATION_RENDER_S = 5.0  # all of creation's renders together; API Gateway gives up after 29 s
+# How far ahead a campaign may be scheduled: further out is far more likely a typo of the year.
+MAX_SCHEDULE_AHEAD_S = 366 * 24 * 3600
 _LOCAL_SUFFIX = ".local"  # RFC 6762; with .test (RFC 6761), where a private Mailu lives
 
 
@@ -61,6 +65,7 @@ class CampaignRequest:
     alerts: dict[str, float] = field(default_factory=dict)  # bounce_rate, failure_rate, min_sends
     track_opens: bool = True  # the 1x1 open pixel in html parts
     track_clicks: bool = True  # links rewritten to click-tracking URLs
+    send_at: str | None = None  # UTC, the now_iso format; None: start at once
 
 
 def normalize_address(raw: str, allow_special_use_domains: bool = False, allow_smtputf8: bool = True) -> str:
@@ -135,12 +140,13 @@ def parse_campaign_request(
     max_recipients: int,
     allow_special_use_domains: bool = False,
     render_budget: RenderBudget | None = None,
+    now: float | None = None,
 ) -> CampaignRequest:
     """Validate a POST /campaigns body; raise InvalidCampaign listing every problem.
 
     ``allow_special_use_domains`` also accepts ``.test`` and ``.local`` addresses (local stage).
     ``render_budget`` is what the sender allows one recipient's render; a sampled row that
-    overruns it is a 400 naming the field.
+    overruns it is a 400 naming the field. ``now`` (epoch seconds) is the clock ``send_at`` is checked against.
     """
     if not isinstance(body, dict):
         raise InvalidCampaign([{"field": "body", "error": "must be a JSON object"}])
@@ -173,6 +179,7 @@ def parse_campaign_request(
     alerts = _parse_alerts(body.get("alerts"), errors)
     track_opens = _flag(body, "track_opens", errors)
     track_clicks = _flag(body, "track_clicks", errors)
+    send_at = _send_at(body.get("send_at"), errors, time.time() if now is None else now)
     rows, duplicates = _parse_recipients(body.get("recipients"), max_recipients, errors, allow_special_use_domains)
     if not template_errors:
         _check_variables(rows, names, {"subject": subject, **bodies}, errors, render_budget or RenderBudget())
@@ -190,7 +197,46 @@ def parse_campaign_request(
         alerts=alerts,
         track_opens=track_opens,
         track_clicks=track_clicks,
+        send_at=send_at,
     )
+
+
+def parse_send_at(value: Any, now: float) -> str:
+    """A ``send_at`` on its own (POST /campaigns/{id}/schedule): UTC in the stored format, or a 400."""
+    errors: list[dict] = []
+    parsed = _send_at(value, errors, now, required=True)
+    if errors or parsed is None:
+        raise InvalidCampaign(errors)
+    return parsed
+
+
+def _send_at(value: Any, errors: list[dict], now: float, required: bool = False) -> str | None:
+    """An ISO 8601 moment with its offset, in the future and within a year; stored as UTC."""
+    if value is None or value == "":
+        if required:
+            errors.append({"field": "send_at", "error": "required"})
+        return None
+    if not isinstance(value, str):
+        errors.append({"field": "send_at", "error": "must be an ISO 8601 string, e.g. 2026-12-01T09:00:00+01:00"})
+        return None
+    try:
+        # fromisoformat (3.11) takes "Z", offsets and fractions; a moment without an offset is
+        # ambiguous (whose 09:00?), so it is refused rather than read as UTC.
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        errors.append({"field": "send_at", "error": "not an ISO 8601 date and time, e.g. 2026-12-01T09:00:00Z"})
+        return None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        errors.append({"field": "send_at", "error": "needs a time zone offset, e.g. Z or +01:00"})
+        return None
+    at = moment.timestamp()
+    if at <= now:
+        errors.append({"field": "send_at", "error": "must be in the future"})
+        return None
+    if at - now > MAX_SCHEDULE_AHEAD_S:
+        errors.append({"field": "send_at", "error": "must be at most a year ahead"})
+        return None
+    return now_iso(at)
 
 
 def _flag(body: dict, name: str, errors: list[dict], default: bool = True) -> bool:

@@ -103,6 +103,7 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         # create: the totals row (DeleteItem undoes a failed creation); GET campaign, /stats,
         # /stream-failures: totals, series, listing.
         _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"),
+        _on("table:StatsTable", "dynamodb:UpdateItem"),  # cancel: the totals row's status
         # create checks the From (GetItem); PUT and GET /tenants/{tenant}/sender-domains.
         _on("table:SenderDomainsTable", "dynamodb:GetItem", "dynamodb:PutItem"),
         # Idempotency-Key (Powertools): in-progress record put, read back, completed, or deleted when creation fails.
@@ -118,7 +119,7 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _on("table:SuppressionsTable", "dynamodb:PutItem"),
         # /o, /c, /u: one engagement event each (chalicelib/engagement.record).
         _on("table:EventsTable", "dynamodb:PutItem"),
-        _on("queue:ReleaseQueue", "sqs:SendMessage"),  # create, retry, resume, redrive: chunk jobs
+        _on("queue:ReleaseQueue", "sqs:SendMessage"),  # create, retry, resume, redrive: chunk jobs; cancel: its sweep
         # GET /dlq: the tenant's partition (page and count); POST /dlq/redrive: each item claimed by a
         # conditional delete, put back only if re-releasing it failed; retry: its letters (BatchWriteItem).
         _on(
@@ -153,7 +154,11 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _on("queue:ReleaseQueue", "sqs:SendMessage"),  # what the time budget left, as a new chunk
         _on("queue:SendQueue", "sqs:GetQueueAttributes", "sqs:SendMessage"),  # depth; per-recipient jobs
         _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # the shared token bucket
-        _on("table:CampaignsTable", "dynamodb:GetItem"),  # paused?
+        _on("table:CampaignsTable", "dynamodb:GetItem"),  # paused, scheduled, cancelled?
+        # A cancelled campaign's chunk and its sweep: open recipients by status (the LSI), each
+        # ended with a conditional UpdateItem.
+        _on("index:RecipientsTable", "dynamodb:Query"),
+        _on("table:RecipientsTable", "dynamodb:UpdateItem"),
     ),
     "send_mail": (
         LOGS,
@@ -201,6 +206,13 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _on("table:RecipientsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # pending ones marked failed
         _on("table:CampaignsTable", "dynamodb:GetItem"),  # the tenant
         _on("table:DeadLettersTable", "dynamodb:PutItem"),  # park each recipient's job (conditional puts)
+    ),
+    "start_scheduled_campaigns": (
+        LOGS,
+        _on("index:CampaignsTable", "dynamodb:Query"),  # the due ones, on the sparse scheduled index
+        _on("table:CampaignsTable", "dynamodb:UpdateItem"),  # scheduled → queued, conditional
+        _on("index:RecipientsTable", "dynamodb:Query"),  # the pending recipients, by status
+        _on("queue:ReleaseQueue", "sqs:SendMessage"),  # their chunk jobs
     ),
     "read_delivery_reports": (
         LOGS,

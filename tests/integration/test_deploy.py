@@ -41,6 +41,7 @@ FUNCTIONS = {
     "record_release_dead_letters",
     "record_stream_failures",
     "read_delivery_reports",
+    "start_scheduled_campaigns",
 }
 
 

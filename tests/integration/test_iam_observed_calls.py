@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -434,6 +435,7 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
     assert api.wait_until_done(doomed, timeout_s=60)["counts"]["failed"] == 0
     assert wait_until(lambda: api.call("GET", "/dlq")[1]["count"] == 0, timeout_s=120)
     exercise_release_dead_letters(runtime, api)
+    exercise_schedule_and_cancel(runtime, api)
 
     # Everything a reader of the API looks at.
     assert api.call("GET", "/campaigns")[0] == 200
@@ -527,6 +529,20 @@ def exercise_release_dead_letters(runtime: LocalRuntime, api: Api) -> None:
     status, moved = api.call("POST", "/dlq/redrive")
     assert status == 202 and moved["moved"] == counts["failed"]
     assert api.wait_until_done(stalled, timeout_s=60)["counts"]["failed"] == 0
+
+
+def exercise_schedule_and_cancel(runtime: LocalRuntime, api: Api) -> None:
+    """One campaign scheduled, moved earlier and started by the starter; another cancelled before it starts."""
+    in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    moved = api.create_campaign(2, prefix="scheduled", send_at=in_an_hour)["campaign_id"]
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    assert api.call("POST", f"/campaigns/{moved}/schedule", {"send_at": soon})[0] == 200
+    wait_until(lambda: datetime.now(UTC) > datetime.fromisoformat(soon), timeout_s=10)
+    runtime.run_scheduled("start_scheduled_campaigns")
+    assert api.wait_until_done(moved, timeout_s=60)["status"] == "completed"
+    never = api.create_campaign(3, prefix="cancelled", send_at=in_an_hour)["campaign_id"]
+    assert api.call("POST", f"/campaigns/{never}/cancel")[0] == 200  # its sweep ends the 3 pending
+    wait_until(lambda: api.call("GET", f"/campaigns/{never}")[1]["counts"]["cancelled"] == 3, timeout_s=60)
 
 
 def exercise_engagement(runtime: LocalRuntime, api: Api, campaign_id: str) -> None:

@@ -111,6 +111,7 @@ def test_every_function_chalice_deploys_has_its_own_grants() -> None:
         "record_release_dead_letters",
         "record_stream_failures",
         "read_delivery_reports",
+        "start_scheduled_campaigns",
     }
     assert set(FUNCTION_GRANTS) == deployed
 
