@@ -113,6 +113,24 @@ class _RequestHandler(ChaliceRequestHandler):
         self.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
         self._send_headers(headers)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A request http.server cannot parse (bad request line, header too long…): a JSON 4xx, as API Gateway.
+
+        http.server would answer a request line it could not read in HTTP/0.9 style, a bare
+        HTML page with no status line, which a client reads as a dropped connection.
+        """
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"
+        body = json.dumps({"message": message or "Bad Request"}).encode()
+        self.close_connection = True
+        self.send_response(code, message)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.wfile.write(body)
+
     # The base class binds every verb to its own _generic_handle; rebind to ours.
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _generic_handle
 

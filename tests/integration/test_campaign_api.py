@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import pytest
 
 from infra.local.runtime import LocalRuntime
@@ -132,3 +135,19 @@ def test_counts_are_right_at_once_and_an_all_suppressed_campaign_is_done(runtime
     assert created["suppressed"] == 1 and created["queued"] == 0
     campaign = api.call("GET", f"/campaigns/{created['campaign_id']}")[1]
     assert campaign["status"] == "completed" and campaign["counts"]["suppressed"] == 1
+
+
+def test_a_request_line_the_server_cannot_read_gets_a_json_400_with_a_status_line(runtime: LocalRuntime) -> None:
+    # http.server's own answer to a request line with a space in the path was an HTTP/0.9-style
+    # bare HTML page: clients (schemathesis among them) saw a dropped connection.
+    host, port = runtime.api_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"GET /campaigns/a b HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"application/json" in head
+    assert json.loads(body)["message"]

@@ -53,7 +53,7 @@ SMTP_USER = "mailpipe"
 READY_S = 60  # MiniStack answering its health endpoint
 MAKE_S = 900  # one make deploy or destroy
 CAMPAIGN_S = 180  # a few mails through cold functions
-FUNCTIONS = 13
+FUNCTIONS = 14
 AWS_ENVIRONMENT = {
     "AWS_ACCESS_KEY_ID": "test",  # MiniStack's root key
     "AWS_SECRET_ACCESS_KEY": "test",
