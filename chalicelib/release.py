@@ -117,7 +117,8 @@ class ChunkJob:
             campaign_id=str(body["c"]),
             emails=tuple(body["e"]),
             sweep=int(body.get("sweep") or 0),
-            shards=shards if isinstance(shards, int) and 0 < shards <= MAX_SHARDS else 0,
+            # JSON true is a Python int: not a count we could have written.
+            shards=shards if type(shards) is int and 0 < shards <= MAX_SHARDS else 0,
         )
 
 

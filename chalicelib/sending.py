@@ -210,7 +210,8 @@ class Sender:
         try:
             body = json.loads(record["body"])
             shard = body.get("s")
-            return str(body["c"]), str(body["e"]), shard if isinstance(shard, int) and shard >= 0 else None
+            # JSON true is a Python int: not a shard we could have written.
+            return str(body["c"]), str(body["e"]), shard if type(shard) is int and shard >= 0 else None
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
