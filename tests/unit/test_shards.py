@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from typing import Any
 
 import pytest
 
+from chalicelib.queues import SQS_BATCH, Queue
 from chalicelib.recipients import key, new_recipient_item
 from chalicelib.release import ChunkJob, release_schedule, send_job_body
 from chalicelib.settings import Settings
@@ -142,3 +144,33 @@ def test_a_full_chunk_of_the_longest_ascii_addresses_fits_an_sqs_message() -> No
     size = len(json.dumps(chunk.to_body(), separators=(",", ":")).encode())
 
     assert size < SQS_MAX_MESSAGE_BYTES // 2
+
+
+class RecordingSqs:
+    """A SendMessageBatch that accepts everything and keeps each call's entries."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[dict[str, Any]]] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        self.calls.append(Entries)
+        return {"Successful": [{"Id": e["Id"]} for e in Entries]}
+
+
+def test_release_chunks_go_out_in_batches_sqs_accepts_whole() -> None:
+    # Ten full chunks of long addresses: over SendMessageBatch's 256 KiB per call together.
+    long_address = "a" * 64 + "@" + "b" * 180 + ".example"
+    chunks = [
+        ChunkJob(CAMPAIGN, tuple(f"{i:03d}{j:03d}{long_address}"[:254] for j in range(500)), shards=64).to_body()
+        for i in range(10)
+    ]
+    sqs = RecordingSqs()
+
+    Queue(sqs, "https://sqs.example/release").send_jobs(chunks)
+
+    sent = [json.loads(e["MessageBody"]) for call in sqs.calls for e in call]
+    assert sent == chunks  # every chunk, once, in order
+    assert len(sqs.calls) > 1
+    for call in sqs.calls:
+        assert len(call) <= SQS_BATCH
+        assert sum(len(e["MessageBody"].encode()) for e in call) <= SQS_MAX_MESSAGE_BYTES
