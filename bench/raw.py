@@ -337,7 +337,7 @@ def run_raw(
     campaign_id = f"raw{uuid.uuid4().hex}"
     emails = [f"raw{i:06d}@example.com" for i in range(n)]
     # Spread as the pipeline spreads a campaign of n (chalicelib/shards.py), so both pay the same.
-    shards = shard_count(n, settings.recipients_per_shard)
+    recipient_shards = shard_count(n, settings.recipients_per_shard)
     result = RawResult(campaign_id=campaign_id, n=n, concurrency=concurrency)
     state = _RawState(n)
     counts_dir = work_dir / "raw-counts"
@@ -363,7 +363,7 @@ def run_raw(
     ]
 
     def produce() -> None:
-        bodies = [json.dumps(send_job_body(campaign_id, e, shards), separators=(",", ":")) for e in emails]
+        bodies = [json.dumps(send_job_body(campaign_id, e, recipient_shards), separators=(",", ":")) for e in emails]
         while state.produced < n and not state.stop.is_set():
             with state.cond:
                 room = max_depth - (state.produced - state.deleted)
@@ -437,7 +437,7 @@ def run_raw(
             {
                 "PutRequest": {
                     "Item": {
-                        "campaign_shard": {"S": recipient_partition(campaign_id, e, shards)},
+                        "campaign_shard": {"S": recipient_partition(campaign_id, e, recipient_shards)},
                         "campaign_id": {"S": campaign_id},
                         "email": {"S": e},
                         "status": {"S": "pending"},
