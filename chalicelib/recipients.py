@@ -96,7 +96,9 @@ class ShardCounts:
         """The campaign's shard count, or None when the campaign is gone."""
         if campaign_id not in self._counts:
             try:
-                campaign = Campaign.get(campaign_id, attributes_to_get=["shards"])
+                # The key too: an item with none of the projected attributes reads as missing,
+                # and a campaign written before it had a count has no ``shards`` (one partition).
+                campaign = Campaign.get(campaign_id, attributes_to_get=["campaign_id", "shards"])
             except Campaign.DoesNotExist:
                 return None
             self.remember(campaign_id, int(campaign.shards or 1))

@@ -23,7 +23,7 @@ from chalicelib.clients import ensure_models
 from chalicelib.errors import InvalidCampaign
 from chalicelib.models import Campaign, Recipient
 from chalicelib.pagination import decode_token, encode_token
-from chalicelib.recipients import current, new_recipient_item
+from chalicelib.recipients import ShardCounts, current, new_recipient_item
 from chalicelib.sending import Sender
 from chalicelib.settings import Settings
 from chalicelib.shards import partitions, recipient_partition, shard_of
@@ -191,3 +191,23 @@ def test_the_sender_claims_each_recipient_on_its_shard_with_or_without_the_shard
     # Nothing was written under a key of the wrong shard.
     written = [r for key in partitions(CAMPAIGN, SHARDS + 5) for r in Recipient.query(key)]
     assert len(written) == len(EMAILS)
+
+
+def test_shard_counts_read_each_campaign_once_and_a_campaign_without_a_count_is_on_one(settings: Settings) -> None:
+    sharded_campaign()
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    legacy = "2c3d4e5f60718293a4b5c6d7e8f90a1b"
+    # A campaign item written before campaigns carried their shard count.
+    client.put_item(
+        TableName=settings.table_name("campaigns"),
+        Item={"campaign_id": {"S": legacy}, "tenant": {"S": "acme"}, "name": {"S": "old"}},
+    )
+    counts = ShardCounts()
+
+    assert counts.of(CAMPAIGN) == SHARDS
+    assert counts.of(legacy) == 1
+    assert counts.of("0" * 32) is None  # gone, or not written yet: not remembered
+    Campaign(CAMPAIGN).delete()
+    assert counts.of(CAMPAIGN) == SHARDS  # fixed at creation: the first reading stands
+    assert counts.partition_of(CAMPAIGN, EMAILS[0]) == recipient_partition(CAMPAIGN, EMAILS[0], SHARDS)
+    assert counts.partition_of("0" * 32, EMAILS[0]) is None
