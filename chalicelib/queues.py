@@ -8,6 +8,23 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 SQS_BATCH = 10
+# SendMessageBatch caps a call's messages together, as well as each one, at 256 KiB: ten
+# release chunks of long addresses can exceed it, so a call takes as many as fit.
+SQS_BATCH_BYTES = 262_144
+
+
+def _batches(bodies: list[str]) -> list[list[str]]:
+    """The bodies in order, in groups of at most SQS_BATCH whose UTF-8 sizes add up to at most SQS_BATCH_BYTES."""
+    groups: list[list[str]] = []
+    size = 0
+    for body in bodies:
+        length = len(body.encode("utf-8"))
+        if not groups or len(groups[-1]) == SQS_BATCH or size + length > SQS_BATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(body)
+        size += length
+    return groups
 
 
 class Queue:
@@ -19,11 +36,8 @@ class Queue:
 
     def send_jobs(self, bodies: Sequence[dict], delay_s: int = 0) -> None:
         """Send JSON bodies 10 per call; retry entries SQS refused, so none is lost."""
-        for start in range(0, len(bodies), SQS_BATCH):
-            entries = [
-                {"Id": str(i), "MessageBody": json.dumps(body, separators=(",", ":")), "DelaySeconds": delay_s}
-                for i, body in enumerate(bodies[start : start + SQS_BATCH])
-            ]
+        for batch in _batches([json.dumps(body, separators=(",", ":")) for body in bodies]):
+            entries = [{"Id": str(i), "MessageBody": body, "DelaySeconds": delay_s} for i, body in enumerate(batch)]
             for attempt in range(6):
                 result = self.client.send_message_batch(QueueUrl=self.url, Entries=entries)
                 failed = {f["Id"] for f in result.get("Failed", [])}

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
+from chalicelib.shards import RECIPIENTS_PER_SHARD
+
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
@@ -119,6 +121,10 @@ class Settings:
     retry_base_s: float = 60.0
     retry_cap_s: float = 3600.0
     max_receive_count: int = 8
+
+    # Recipients per partition key of the recipients table (chalicelib/shards.py): a campaign
+    # spreads over ceil(total / this) keys, at most shards.MAX_SHARDS. Small values in tests only.
+    recipients_per_shard: int = RECIPIENTS_PER_SHARD
 
     # Request limits.
     max_recipients: int = 50_000

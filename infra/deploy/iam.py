@@ -211,7 +211,9 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         LOGS,
         _on("index:CampaignsTable", "dynamodb:Query"),  # the due ones, on the sparse scheduled index
         _on("table:CampaignsTable", "dynamodb:UpdateItem"),  # scheduled → queued, conditional
-        _on("index:RecipientsTable", "dynamodb:Query"),  # the pending recipients, by status
+        # How many partitions a due campaign's recipients are on (Campaign.shards, one read each).
+        _on("table:CampaignsTable", "dynamodb:GetItem"),
+        _on("index:RecipientsTable", "dynamodb:Query"),  # the pending recipients, by status, shard by shard
         _on("queue:ReleaseQueue", "sqs:SendMessage"),  # their chunk jobs
     ),
     "read_delivery_reports": (

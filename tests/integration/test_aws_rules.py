@@ -36,6 +36,7 @@ DEFAULTED_ON_PURPOSE = {
     "claim_lease_s": "120 s, longer than send_mail can run (60 s)",
     "render_budget_s": "1 s per recipient's render, a small part of the claim lease",
     "render_max_chars": "5 M characters per recipient's mail, the documented request limit",
+    "recipients_per_shard": "2,000 recipients per partition key (chalicelib/shards.py); small only in tests",
     "max_recipients": "the documented request limit",
     "max_body_bytes": "the documented request limit",
     "connection_ttl_s": "two hours of dashboard",

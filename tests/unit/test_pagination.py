@@ -11,6 +11,7 @@ from chalicelib.errors import InvalidCampaign
 from chalicelib.pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    decode_shard_walk,
     decode_start_key,
     decode_token,
     decode_walk,
@@ -212,5 +213,90 @@ def test_walk_token_of_the_wrong_shape_is_invalid_naming_next(value: dict) -> No
 def test_a_token_nested_past_the_parsers_depth_is_invalid_naming_next() -> None:
     with pytest.raises(InvalidCampaign) as info:
         decode_token(b64(b"[" * 100_000 + b"]" * 100_000))
+
+    assert info.value.errors == MALFORMED
+
+
+# A walk over a campaign's partitions (chalicelib/shards.py): (status step, shard, key).
+PARTITIONS = [f"{CAMPAIGN}#0", f"{CAMPAIGN}#1", f"{CAMPAIGN}#2"]
+SHARD_KEY = ("campaign_shard", "email")
+SHARD_STATUS_KEY = ("campaign_shard", "email", "status")
+
+
+def test_shard_walk_starts_at_the_first_shard() -> None:
+    assert decode_shard_walk(None, SHARD_KEY, "campaign_shard", PARTITIONS) == (0, 0, None)
+    assert decode_shard_walk(None, SHARD_STATUS_KEY, "campaign_shard", PARTITIONS, STEPS, "status") == (0, 0, None)
+
+
+def test_shard_walk_resumes_at_a_shard_or_inside_one() -> None:
+    key = {"campaign_shard": {"S": PARTITIONS[2]}, "email": {"S": "a@example.com"}}
+    with_status = {**key, "status": {"S": "bounced"}}
+
+    assert decode_shard_walk(token_of({"_shard": 1}), SHARD_KEY, "campaign_shard", PARTITIONS) == (0, 1, None)
+    assert decode_shard_walk(token_of({**key, "_shard": 2}), SHARD_KEY, "campaign_shard", PARTITIONS) == (0, 2, key)
+    assert decode_shard_walk(
+        token_of({**with_status, "_shard": 2, "_state": 1}),
+        SHARD_STATUS_KEY,
+        "campaign_shard",
+        PARTITIONS,
+        STEPS,
+        "status",
+    ) == (1, 2, with_status)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"_shard": 3},  # past the last shard
+        {"_shard": -1},
+        {"_shard": True},
+        {"_shard": 1.0},
+        {"_shard": "1"},
+        {"_shard": None},
+        {"_shard": 10**30},
+        {"campaign_shard": {"S": PARTITIONS[0]}, "email": {"S": "a@example.com"}},  # no shard
+        # The key's partition must be the shard's: another shard's, or another campaign's, is refused.
+        {"campaign_shard": {"S": PARTITIONS[1]}, "email": {"S": "a@example.com"}, "_shard": 0},
+        {"campaign_shard": {"S": "0" * 32 + "#0"}, "email": {"S": "a@example.com"}, "_shard": 0},
+        {"campaign_shard": {"S": CAMPAIGN}, "email": {"S": "a@example.com"}, "_shard": 0},
+        {"campaign_id": {"S": CAMPAIGN}, "email": {"S": "a@example.com"}, "_shard": 0},  # the old key
+        {"campaign_shard": {"S": PARTITIONS[0]}, "email": {"S": "a@example.com"}, "_shard": 0, "_state": 0},
+    ],
+)
+def test_shard_walk_token_of_the_wrong_shape_is_invalid_naming_next(value: dict) -> None:
+    with pytest.raises(InvalidCampaign) as info:
+        decode_shard_walk(token_of(value), SHARD_KEY, "campaign_shard", PARTITIONS)
+
+    assert info.value.errors == MALFORMED
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"_shard": 0},  # no step
+        {"_state": 0},  # no shard
+        {"_state": 3, "_shard": 0},
+        {"_state": 0, "_shard": 3},
+        {"_state": 0, "_shard": False},
+        # The key's status must be the step's, its partition the shard's.
+        {
+            "campaign_shard": {"S": PARTITIONS[0]},
+            "email": {"S": "a@x.org"},
+            "status": {"S": "bounced"},
+            "_state": 0,
+            "_shard": 0,
+        },
+        {
+            "campaign_shard": {"S": PARTITIONS[2]},
+            "email": {"S": "a@x.org"},
+            "status": {"S": "failed"},
+            "_state": 0,
+            "_shard": 1,
+        },
+    ],
+)
+def test_filtered_shard_walk_token_of_the_wrong_shape_is_invalid_naming_next(value: dict) -> None:
+    with pytest.raises(InvalidCampaign) as info:
+        decode_shard_walk(token_of(value), SHARD_STATUS_KEY, "campaign_shard", PARTITIONS, STEPS, "status")
 
     assert info.value.errors == MALFORMED
