@@ -363,7 +363,7 @@ def openapi(request: Any) -> Response:
 
 def dashboard(settings: Settings) -> Response:
     """GET /dashboard: the page, told where the WebSocket API is, under a strict Content-Security-Policy."""
-    page = dashboard_page(settings.websocket_url)
+    page = dashboard_page(settings.websocket_url, lists.upload_base_url(settings))
     return Response(body=page.html, status_code=200, headers=dict(page.headers))
 
 

@@ -35,6 +35,16 @@ class Presigner(Protocol):
     def generate_presigned_url(self, ClientMethod: str, Params: dict[str, Any], ExpiresIn: int) -> str: ...  # noqa: N803
 
 
+def upload_base_url(settings: Settings) -> str:
+    """Where presigned upload URLs point: the emulator locally, the bucket's regional host on AWS."""
+    endpoint = settings.imports_upload_endpoint or settings.aws_endpoint_url
+    if endpoint:
+        return endpoint
+    if not settings.imports_bucket:
+        return ""
+    return f"https://{settings.imports_bucket}.s3.{settings.region}.amazonaws.com"
+
+
 def new_id() -> str:
     """A 32-hex id that sorts by creation time (milliseconds, then 80 random bits)."""
     return f"{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
