@@ -42,6 +42,8 @@ FUNCTIONS = {
     "record_stream_failures",
     "read_delivery_reports",
     "start_scheduled_campaigns",
+    "import_contacts",
+    "record_import_dead_letters",
 }
 
 
@@ -186,6 +188,8 @@ def test_each_mapping_names_its_real_source_with_the_settings_chalice_cannot_set
         "record_stream_failures": failures,
         "aggregate_recipients": outputs["StreamOfRecipientsTable"],
         "aggregate_events": outputs["StreamOfEventsTable"],
+        "import_contacts": outputs["ArnOfImportsQueue"],
+        "record_import_dead_letters": outputs["ArnOfImportsDeadLetterQueue"],
     }
     assert {fn: m["EventSourceArn"] for fn, m in mappings.items()} == expected_sources
     for function, mapping in mappings.items():
@@ -195,7 +199,7 @@ def test_each_mapping_names_its_real_source_with_the_settings_chalice_cannot_set
         assert mapping["BisectBatchOnFunctionError"] is True
         assert 0 <= mapping["MaximumRetryAttempts"] <= 20
         assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == failures
-    for function in ("release_jobs", "send_mail", "record_dead_letters"):
+    for function in ("release_jobs", "send_mail", "record_dead_letters", "import_contacts"):
         assert mappings[function]["ScalingConfig"]["MaximumConcurrency"] >= 2, function
     # The on-failure queue is itself read: it is the source of record_stream_failures.
     assert mappings["record_stream_failures"]["EventSourceArn"] == failures
