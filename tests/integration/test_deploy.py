@@ -292,7 +292,7 @@ def test_every_function_has_its_own_role_with_only_its_own_grants(deployment: De
 
 
 def _assert_own_stage(function: str, resource: str, ws_api_id: str) -> None:
-    """A resource of this stage only: its own tables, queues, topic, log group and WebSocket API."""
+    """A resource of this stage only: its own tables, queues, topic, uploads, log group and WebSocket API."""
     arn = resource.split(":", 5)
     assert len(arn) == 6 and arn[0] == "arn" and "*" not in arn[3] + arn[4], (function, resource)
     service, name = arn[2], arn[5]
@@ -303,6 +303,9 @@ def _assert_own_stage(function: str, resource: str, ws_api_id: str) -> None:
         assert name == f"log-group:/aws/lambda/{_physical(function)}:*", (function, resource)
     elif service == "execute-api":
         assert name.startswith(f"{ws_api_id}/{STAGE}/POST/@connections/"), (function, resource)
+    elif service == "s3":
+        bucket, _, key = name.partition("/")  # only the uploads of this stage's imports bucket
+        assert bucket.startswith(f"{PREFIX}-imports-") and key == "imports/*", (function, resource)
     else:
         raise AssertionError(f"{function} is granted an unexpected service: {resource}")
 
