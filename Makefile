@@ -5,7 +5,7 @@ CHECKOV_VENV := .venv-checkov
 MINISTACK_VENV := .venv-ministack
 PY := $(VENV)/bin/python
 
-.PHONY: install run test unit integration e2e demo bench bench-tracking token lint package deploy destroy browser checkov clean
+.PHONY: install run test unit integration e2e demo bench bench-tracking bench-imports token lint package deploy destroy browser checkov clean
 
 install: $(VENV)/.installed $(MINISTACK_VENV)/.installed
 
@@ -60,6 +60,10 @@ bench: install
 # Open-pixel and click requests/s against a static page on the same local gateway, DynamoDB writes per event.
 bench-tracking: install
 	$(PY) -m bench.tracking --seconds $(or $(SECONDS),5)
+
+# A 100,000-row CSV through the presigned URL: rows/s, peak memory, and the raw BatchWriteItem ceiling.
+bench-imports: install
+	$(PY) -m bench.imports --n $(or $(N),100000)
 
 token: install
 	@$(PY) -m infra.local token --tenant $(or $(TENANT),demo)

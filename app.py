@@ -6,7 +6,7 @@ from typing import Any
 
 from chalice import AuthResponse, Chalice, Rate
 
-from chalicelib import api, campaigns, dead_letters, realtime, reports, stream_failures, wiring
+from chalicelib import api, campaigns, dead_letters, imports, realtime, reports, stream_failures, wiring
 from chalicelib.auth import bearer_token, verify_token
 from chalicelib.errors import Unauthorized
 from chalicelib.release import ChunkJob
@@ -40,6 +40,8 @@ EVENTS_STREAM = _sources.events_stream_arn or _PLACEHOLDER.format(
 STREAM_FAILURES_QUEUE = _sources.stream_failures_queue_arn or _PLACEHOLDER.format(
     service="sqs", name="mailpipe-stream-failures"
 )
+IMPORTS_QUEUE = _sources.imports_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-imports")
+IMPORTS_DLQ = _sources.imports_dead_letter_queue_arn or _PLACEHOLDER.format(service="sqs", name="mailpipe-imports-dlq")
 # API Gateway caches an authorizer's answer per token for this long. Short, so a
 # revoked or re-scoped token stops working quickly; the token's own exp still holds.
 AUTHORIZER_TTL_S = 60
@@ -150,6 +152,45 @@ def reschedule_campaign(campaign_id: str) -> Any:
     return api.reschedule(app.current_request, campaign_id, wiring.settings())
 
 
+@app.route("/lists", methods=["POST"], authorizer=token_authorizer, cors=True)
+def create_list() -> Any:
+    return api.create_list(app.current_request, wiring.settings())
+
+
+@app.route("/lists", methods=["GET"], authorizer=token_authorizer, cors=True)
+def list_lists() -> Any:
+    wiring.settings()
+    return api.list_lists(app.current_request)
+
+
+@app.route("/lists/{list_id}", methods=["GET"], authorizer=token_authorizer, cors=True)
+def get_list(list_id: str) -> Any:
+    wiring.settings()
+    return api.get_list(app.current_request, list_id)
+
+
+@app.route("/lists/{list_id}/contacts", methods=["GET"], authorizer=token_authorizer, cors=True)
+def list_contacts(list_id: str) -> Any:
+    wiring.settings()
+    return api.list_contacts(app.current_request, list_id)
+
+
+@app.route("/lists/{list_id}/contacts/{email}", methods=["DELETE"], authorizer=token_authorizer, cors=True)
+def delete_contact(list_id: str, email: str) -> Any:
+    return api.delete_contact(app.current_request, list_id, email, wiring.settings())
+
+
+@app.route("/lists/{list_id}/imports", methods=["POST"], authorizer=token_authorizer, cors=True)
+def start_import(list_id: str) -> Any:
+    return api.start_import(app.current_request, list_id, wiring.settings(), wiring.presigner())
+
+
+@app.route("/lists/{list_id}/imports/{import_id}", methods=["GET"], authorizer=token_authorizer, cors=True)
+def get_import(list_id: str, import_id: str) -> Any:
+    wiring.settings()
+    return api.get_import(app.current_request, list_id, import_id)
+
+
 @app.route("/", methods=["GET"])
 @app.route("/dashboard", methods=["GET"])
 def dashboard() -> Any:
@@ -251,6 +292,19 @@ def record_release_dead_letters(event: Any) -> dict:
 def record_stream_failures(event: Any) -> dict:
     """Stream batches the aggregators gave up on: recorded once, counted, alerted."""
     return stream_failures.record_stream_failures(event.to_dict()["Records"], wiring.settings())
+
+
+@app.on_sqs_message(queue_arn=IMPORTS_QUEUE, batch_size=1)
+def import_contacts(event: Any) -> dict:
+    """Turn an uploaded CSV into contacts, a time budget at a time (S3 upload events and continuations)."""
+    return imports.import_from_queue(event.to_dict()["Records"], wiring.importer(), event.context)
+
+
+@app.on_sqs_message(queue_arn=IMPORTS_DLQ, batch_size=10)
+def record_import_dead_letters(event: Any) -> dict:
+    """Import messages that exhausted their receives: the import fails visibly, its counted contacts stay."""
+    wiring.settings()
+    return imports.record_dead_letters(event.to_dict()["Records"])
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES))

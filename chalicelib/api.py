@@ -15,7 +15,16 @@ from typing import Any
 
 from chalice import Response
 
-from chalicelib import campaigns, dead_letters, event_log, idempotency, realtime, sender_domains, stream_failures
+from chalicelib import (
+    campaigns,
+    dead_letters,
+    event_log,
+    idempotency,
+    lists,
+    realtime,
+    sender_domains,
+    stream_failures,
+)
 from chalicelib.auth import ADMIN, READ, WRITE, Principal
 from chalicelib.dashboard_page import dashboard_page
 from chalicelib.errors import Conflict, Forbidden, InvalidCampaign, NotFound, PayloadTooLarge, Unauthorized
@@ -286,6 +295,67 @@ def list_events(request: Any, campaign_id: str, settings: Settings) -> Response:
     return respond(request, READ, action)
 
 
+def create_list(request: Any, settings: Settings) -> Response:
+    """POST /lists ``{"name"}``: a new, empty list."""
+    return respond(
+        request,
+        WRITE,
+        lambda p: (201, lists.create_list(p.tenant, lists.parse_list_request(json_body(request, settings)))),
+    )
+
+
+def list_lists(request: Any) -> Response:
+    """GET /lists: the tenant's lists, a page at a time."""
+    return respond(
+        request,
+        READ,
+        lambda p: (200, lists.list_lists(p.tenant, parse_limit(query(request, "limit")), query(request, "next"))),
+    )
+
+
+def get_list(request: Any, list_id: str) -> Response:
+    """GET /lists/{id}: count, columns and the latest imports."""
+    return respond(request, READ, lambda p: (200, lists.describe(lists.get_list(p.tenant, list_id))))
+
+
+def list_contacts(request: Any, list_id: str) -> Response:
+    """GET /lists/{id}/contacts: a page of contacts, suppressed ones marked."""
+
+    def action(p: Principal) -> tuple[int, Any]:
+        found = lists.get_list(p.tenant, list_id)
+        return 200, lists.list_contacts(found, parse_limit(query(request, "limit")), query(request, "next"))
+
+    return respond(request, READ, action)
+
+
+def delete_contact(request: Any, list_id: str, email: str, settings: Settings) -> Response:
+    """DELETE /lists/{id}/contacts/{email}."""
+    return respond(
+        request,
+        WRITE,
+        lambda p: (
+            200,
+            lists.delete_contact(lists.get_list(p.tenant, list_id), email, settings.allow_special_use_domains),
+        ),
+    )
+
+
+def start_import(request: Any, list_id: str, settings: Settings, presigner: Any) -> Response:
+    """POST /lists/{id}/imports: an import waiting for its CSV, and the presigned URL to PUT it to."""
+    return respond(
+        request, WRITE, lambda p: (201, lists.start_import(lists.get_list(p.tenant, list_id), settings, presigner))
+    )
+
+
+def get_import(request: Any, list_id: str, import_id: str) -> Response:
+    """GET /lists/{id}/imports/{import_id}: status, progress and the first row errors."""
+    return respond(
+        request,
+        READ,
+        lambda p: (200, lists.import_view(lists.get_import(lists.get_list(p.tenant, list_id), import_id))),
+    )
+
+
 def openapi(request: Any) -> Response:
     """GET /openapi.json: the API's OpenAPI 3 document (no authorizer, like the dashboard)."""
     return json_response(200, openapi_document())
@@ -293,7 +363,7 @@ def openapi(request: Any) -> Response:
 
 def dashboard(settings: Settings) -> Response:
     """GET /dashboard: the page, told where the WebSocket API is, under a strict Content-Security-Policy."""
-    page = dashboard_page(settings.websocket_url)
+    page = dashboard_page(settings.websocket_url, lists.upload_base_url(settings))
     return Response(body=page.html, status_code=200, headers=dict(page.headers))
 
 

@@ -57,6 +57,36 @@ def aws_client(service: str, settings: Settings | None = None) -> Any:
     return _client(service, settings, settings.endpoint)
 
 
+def s3_client(settings: Settings, presign: bool = False) -> Any:
+    """An S3 client: path-style at a custom endpoint (the emulator), virtual-hosted on AWS.
+
+    ``presign``: for presigned URLs, always SigV4-signed (a URL is its own credential, even
+    against the emulator, which checks presigned signatures) and signed for the host the
+    client will use: the emulator's endpoint locally, the bucket's regional host on AWS.
+    """
+    endpoint = (settings.imports_upload_endpoint or settings.endpoint) if presign else settings.endpoint
+    key = ("s3-presign" if presign else "s3", settings, endpoint)
+    client = _clients.get(key)
+    if client is None:
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                style = "path" if endpoint else "virtual"
+                config = Config(
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    max_pool_connections=32,
+                    s3={"addressing_style": style, "us_east_1_regional_endpoint": "regional"},
+                )
+                if presign:
+                    config = config.merge(Config(signature_version="s3v4"))
+                elif settings.aws_unsigned_loopback and is_loopback(settings.endpoint):
+                    config = config.merge(Config(signature_version=UNSIGNED))
+                session = boto3.session.Session(region_name=settings.region)
+                client = session.client("s3", endpoint_url=endpoint, config=config)
+                _clients[key] = client
+    return client
+
+
 def management_client(settings: Settings, endpoint: str | None = None) -> Any:
     """The API Gateway Management API client for an @connections endpoint.
 

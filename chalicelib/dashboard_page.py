@@ -56,14 +56,25 @@ def websocket_origin(websocket_url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def content_security_policy(html: str, websocket_url: str) -> str:
-    """The policy for ``html`` (the page as sent) talking to ``websocket_url``."""
+def http_origin(url: str) -> str | None:
+    """``http[s]://host[:port]`` of a URL, or None when it is not one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not _ORIGIN_HOST.fullmatch(parts.netloc or ""):
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def content_security_policy(html: str, websocket_url: str, upload_url: str = "") -> str:
+    """The policy for ``html`` (the page as sent) talking to ``websocket_url`` and PUTting CSVs to ``upload_url``."""
     scripts = " ".join(source_hash(s) for s in _INLINE_SCRIPT.findall(html)) or "'none'"
     styles = " ".join(source_hash(s) for s in _INLINE_STYLE.findall(html)) or "'none'"
     connect = "'self'"  # the REST API: the page fetches relative paths of its own origin
     origin = websocket_origin(websocket_url)
     if origin:
         connect += " " + origin
+    uploads = http_origin(upload_url)
+    if uploads:
+        connect += " " + uploads  # the imports bucket: the page PUTs CSVs to presigned URLs there
     directives = [
         "default-src 'none'",
         f"script-src {scripts}",
@@ -81,14 +92,14 @@ def content_security_policy(html: str, websocket_url: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def dashboard_page(websocket_url: str) -> DashboardPage:
-    """The page told where the WebSocket API is, with its security headers."""
+def dashboard_page(websocket_url: str, upload_url: str = "") -> DashboardPage:
+    """The page told where the WebSocket API is, with its security headers (``upload_url``: where CSVs go)."""
     # Written into a JS string literal: escaped as JSON, and "<" too so it cannot close the script.
     literal = json.dumps(websocket_url)[1:-1].replace("<", "\\u003c")
     html = PAGE.read_text(encoding="utf-8").replace(WS_URL_PLACEHOLDER, literal)
     headers = (
         ("Content-Type", "text/html; charset=utf-8"),
-        ("Content-Security-Policy", content_security_policy(html, websocket_url)),
+        ("Content-Security-Policy", content_security_policy(html, websocket_url, upload_url)),
         ("X-Frame-Options", "DENY"),
         ("X-Content-Type-Options", "nosniff"),
         ("Referrer-Policy", "no-referrer"),

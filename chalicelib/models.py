@@ -262,6 +262,75 @@ class SenderDomains(Model):
     updated_by = UnicodeAttribute(null=True)
 
 
+# Contact import states (chalicelib/imports.py).
+IMPORT_WAITING = "waiting"  # the upload URL is out; no object yet
+IMPORT_RUNNING = "running"
+IMPORT_COMPLETED = "completed"
+IMPORT_FAILED = "failed"
+IMPORT_STATES = (IMPORT_WAITING, IMPORT_RUNNING, IMPORT_COMPLETED, IMPORT_FAILED)
+
+
+class ContactList(Model):
+    """An audience: one tenant's list of contacts, and how many it holds."""
+
+    class Meta:
+        table_name = "lists"
+
+    tenant = UnicodeAttribute(hash_key=True)
+    list_id = UnicodeAttribute(range_key=True)
+    name = UnicodeAttribute()
+    # Contacts in the list, exact: imports ADD only the addresses that were not in it yet,
+    # a DELETE subtracts only one that was (chalicelib/imports.py, chalicelib/lists.py).
+    count = NumberAttribute(default=0)
+    columns = ListAttribute(of=UnicodeAttribute, null=True)  # the variable names seen, in first-seen order
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute(null=True)
+
+
+class Contact(Model):
+    """One address of one list; its non-email columns are the mail's template variables."""
+
+    class Meta:
+        table_name = "contacts"
+
+    list_id = UnicodeAttribute(hash_key=True)
+    email = UnicodeAttribute(range_key=True)  # validation.normalize_address, as campaign recipients
+    vars = JSONAttribute(null=True)
+    added_at = UnicodeAttribute(null=True)
+    import_id = UnicodeAttribute(null=True)  # the import that last wrote it
+    # Where that import read it (the row), and which import first added it to the list: a
+    # redelivered import batch tells its own earlier write from a duplicate row or an older contact.
+    import_row = NumberAttribute(null=True)
+    added_by = UnicodeAttribute(null=True)
+
+
+class ContactImport(Model):
+    """One CSV upload into a list: its state, progress, capped row errors and where to resume."""
+
+    class Meta:
+        table_name = "imports"
+
+    list_id = UnicodeAttribute(hash_key=True)
+    import_id = UnicodeAttribute(range_key=True)
+    tenant = UnicodeAttribute()
+    status = UnicodeAttribute(default=IMPORT_WAITING)
+    object_key = UnicodeAttribute()
+    size = NumberAttribute(null=True)  # the object's bytes, once uploaded
+    rows = NumberAttribute(default=0)  # data rows read (the header and blank lines not counted)
+    imported = NumberAttribute(default=0)  # rows written as contacts (new or updated)
+    added = NumberAttribute(default=0)  # of which were new to the list
+    duplicates = NumberAttribute(default=0)  # rows whose address an earlier row of the file had
+    errors = JSONAttribute(null=True)  # [{"row", "error"}], the first validation.MAX_ROW_ERRORS
+    error_count = NumberAttribute(default=0)  # every bad row
+    failure = UnicodeAttribute(null=True)  # why the whole import failed
+    # Resume state: the byte just past the last row committed, the row number there, the header.
+    offset = NumberAttribute(default=0)
+    row = NumberAttribute(default=0)
+    header = ListAttribute(of=UnicodeAttribute, null=True)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute(null=True)
+
+
 ALL_MODELS: tuple[type[Model], ...] = (
     Campaign,
     Recipient,
@@ -271,6 +340,9 @@ ALL_MODELS: tuple[type[Model], ...] = (
     Suppression,
     DeadLetter,
     SenderDomains,
+    ContactList,
+    Contact,
+    ContactImport,
 )
 _LOGICAL_NAMES = {
     Campaign: "campaigns",
@@ -281,6 +353,9 @@ _LOGICAL_NAMES = {
     Suppression: "suppressions",
     DeadLetter: "dead-letters",
     SenderDomains: "sender-domains",
+    ContactList: "lists",
+    Contact: "contacts",
+    ContactImport: "imports",
 }
 
 

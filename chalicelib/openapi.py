@@ -16,11 +16,13 @@ from typing import Any
 from chalicelib.auth import ADMIN, READ, WRITE
 from chalicelib.engagement import EVENT_TYPES
 from chalicelib.engagement_stats import RATE_TYPES
+from chalicelib.lists import MAX_LIST_NAME
 from chalicelib.models import (
     CAMPAIGN_SENDING,
     CANCELLED,
     COMPLETED,
     COMPLETED_WITH_FAILURES,
+    IMPORT_STATES,
     PAUSED,
     QUEUED,
     RECIPIENT_STATES,
@@ -286,6 +288,85 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "StreamFailures": obj(
         {"count": COUNT, "failures": {"type": "array", "items": {"type": "object"}}, "next": NEXT_TOKEN}
     ),
+    "ListRequest": obj({"name": {"type": "string", "minLength": 1, "maxLength": MAX_LIST_NAME}}),
+    "ContactList": obj(
+        {
+            "list_id": STRING,
+            "name": STRING,
+            "count": {**COUNT, "description": "Contacts in the list, exact"},
+            "columns": {"type": "array", "items": STRING, "description": "The variable names its imports had"},
+            "created_at": TIMESTAMP,
+            "updated_at": nullable(TIMESTAMP),
+        }
+    ),
+    "ListDetail": obj(
+        {
+            "list_id": STRING,
+            "name": STRING,
+            "count": COUNT,
+            "columns": {"type": "array", "items": STRING},
+            "created_at": TIMESTAMP,
+            "updated_at": nullable(TIMESTAMP),
+            "imports": {"type": "array", "items": ref("ImportSummary"), "description": "The latest few, newest first"},
+        }
+    ),
+    "ListPage": obj({"lists": {"type": "array", "items": ref("ContactList")}, "next": NEXT_TOKEN}),
+    "Contact": obj(
+        {
+            "email": STRING,
+            "vars": {"type": "object", "description": "The CSV's other columns: the mail's template variables"},
+            "suppressed": {"type": "boolean", "description": "Suppressed for the tenant: kept, never mailed"},
+            "added_at": nullable(TIMESTAMP),
+        }
+    ),
+    "ContactPage": obj({"contacts": {"type": "array", "items": ref("Contact")}, "next": NEXT_TOKEN}),
+    "ContactDeleted": obj({"list_id": STRING, "email": STRING, "deleted": {"type": "boolean"}}),
+    "ImportStarted": obj(
+        {
+            "import_id": STRING,
+            "list_id": STRING,
+            "status": {"type": "string", "enum": list(IMPORT_STATES)},
+            "upload_url": {"type": "string", "description": "PUT the CSV here with Content-Type: text/csv"},
+            "method": {"type": "string", "enum": ["PUT"]},
+            "headers": {"type": "object"},
+            "expires_in": {**COUNT, "description": "Seconds the URL stays valid"},
+            "max_bytes": COUNT,
+        }
+    ),
+    "ImportSummary": obj(
+        {
+            "import_id": STRING,
+            "status": {"type": "string", "enum": list(IMPORT_STATES)},
+            "rows": {**COUNT, "description": "Data rows read so far"},
+            "imported": {**COUNT, "description": "Rows written as contacts, new or updated"},
+            "added": {**COUNT, "description": "Of those, new to the list"},
+            "duplicates": {**COUNT, "description": "Rows dropped: an earlier row had the address"},
+            "error_count": COUNT,
+            "failure": nullable({"type": "string", "description": "Why the whole import failed"}),
+            "size": nullable(COUNT),
+            "bytes_read": COUNT,
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "created_at": TIMESTAMP,
+            "updated_at": nullable(TIMESTAMP),
+        }
+    ),
+    "Import": {
+        "allOf": [
+            ref("ImportSummary"),
+            obj(
+                {
+                    "list_id": STRING,
+                    "errors": {
+                        "type": "array",
+                        "items": obj(
+                            {"row": {**COUNT, "description": "The file's row; the header is 1"}, "error": STRING}
+                        ),
+                        "description": "The first row errors",
+                    },
+                }
+            ),
+        ]
+    },
 }
 
 
@@ -297,7 +378,7 @@ ERRORS = {
     400: _error("A bad field, parameter, body or pagination token; ``errors`` names each"),
     401: _error("No bearer token, or one that does not verify"),
     403: _error("The token lacks the scope this route needs"),
-    404: _error("No such campaign for this tenant"),
+    404: _error("No such campaign, list, import or contact for this tenant"),
     409: _error("The campaign's state does not allow this"),
     413: _error("The body or the recipient list is over the limit"),
     422: _error("The Idempotency-Key was used before with a different body"),
@@ -363,6 +444,27 @@ CAMPAIGN_ID = {
     "description": f"As POST /campaigns returned it (at most {MAX_KEY_BYTES} bytes)",
     "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
 }
+LIST_ID = {
+    "name": "list_id",
+    "in": "path",
+    "required": True,
+    "description": "As POST /lists returned it",
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
+IMPORT_ID = {
+    "name": "import_id",
+    "in": "path",
+    "required": True,
+    "description": "As POST /lists/{list_id}/imports returned it",
+    "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+}
+CONTACT_EMAIL = {
+    "name": "email",
+    "in": "path",
+    "required": True,
+    "description": "The contact's address (any spelling of it: it is normalized)",
+    "schema": {"type": "string", "minLength": 1},
+}
 
 
 @dataclass(frozen=True)
@@ -415,7 +517,14 @@ class Operation:
             operation["security"] = []
         path_parameters = tuple(
             parameter
-            for name, parameter in (("{campaign_id}", CAMPAIGN_ID), ("{tenant}", TENANT), ("{token}", TRACKING_TOKEN))
+            for name, parameter in (
+                ("{campaign_id}", CAMPAIGN_ID),
+                ("{tenant}", TENANT),
+                ("{token}", TRACKING_TOKEN),
+                ("{list_id}", LIST_ID),
+                ("{import_id}", IMPORT_ID),
+                ("{email}", CONTACT_EMAIL),
+            )
             if name in path
         )
         if path_parameters or self.parameters:
@@ -515,6 +624,27 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/stream-failures"): Operation(
         "Stream batches the aggregators gave up on, newest first", (200, "StreamFailures"), ADMIN, (LIMIT, NEXT)
+    ),
+    ("POST", "/lists"): Operation("Create an empty list of contacts", (201, "ContactList"), WRITE, body="ListRequest"),
+    ("GET", "/lists"): Operation("The caller's lists, oldest first", (200, "ListPage"), READ, (LIMIT, NEXT)),
+    ("GET", "/lists/{list_id}"): Operation(
+        "One list: its exact count, columns and latest imports", (200, "ListDetail"), READ, errors=(404,)
+    ),
+    ("GET", "/lists/{list_id}/contacts"): Operation(
+        "A page of the list's contacts, suppressed ones marked",
+        (200, "ContactPage"),
+        READ,
+        (LIMIT, NEXT),
+        errors=(404,),
+    ),
+    ("DELETE", "/lists/{list_id}/contacts/{email}"): Operation(
+        "Remove one contact (404 if the list does not hold it)", (200, "ContactDeleted"), WRITE, errors=(404,)
+    ),
+    ("POST", "/lists/{list_id}/imports"): Operation(
+        "Start a CSV import: a presigned URL to PUT the file to", (201, "ImportStarted"), WRITE, errors=(404,)
+    ),
+    ("GET", "/lists/{list_id}/imports/{import_id}"): Operation(
+        "An import's status, progress and first row errors", (200, "Import"), READ, errors=(404,)
     ),
     ("GET", "/"): Operation("The live dashboard", (200, "html")),
     ("GET", "/dashboard"): Operation("The live dashboard", (200, "html")),

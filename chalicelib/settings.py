@@ -67,6 +67,23 @@ class Settings:
     stream_failures_queue_arn: str = ""
     recipients_stream_arn: str = ""
     events_stream_arn: str = ""
+    imports_queue_arn: str = ""
+    imports_dead_letter_queue_arn: str = ""
+
+    # Contact imports (chalicelib/imports.py): the bucket CSVs are uploaded to (presigned PUT),
+    # the queue its upload notifications and the import's own continuations go through.
+    imports_bucket: str = ""
+    imports_queue_url: str = ""
+    # An upload larger than this fails before a byte of it is read (HeadObject).
+    max_import_bytes: int = 256 * 1024 * 1024
+    # Seconds one import_contacts invocation works before it saves its place and queues the
+    # rest: well under its 120 s Lambda timeout, itself under the imports queue's visibility.
+    import_budget_s: float = 60.0
+    # How long a presigned upload URL stays valid.
+    import_url_ttl_s: int = 900
+    # Where clients PUT their uploads, when not where this code reaches S3 (the local runtime on
+    # in-process moto: the code uses the mock, a browser or curl its server). Empty: the same.
+    imports_upload_endpoint: str = ""
 
     # Auth: HS256 with a shared secret (local/dev) or RS256 against a JWKS URL (Cognito).
     jwt_algorithm: str = "HS256"

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from chalicelib.aggregation import Aggregator
-from chalicelib.clients import aws_client, ensure_models
+from chalicelib.clients import aws_client, ensure_models, s3_client
+from chalicelib.imports import Importer
 from chalicelib.queues import Queue
 from chalicelib.realtime import ConnectionsApi, LiveSink
 from chalicelib.release import Releaser, build_releaser
@@ -66,6 +67,18 @@ def tracking() -> TrackingRoutes:
 def releaser() -> Releaser:
     """The paced releaser of this container."""
     return _cached("releaser", lambda: build_releaser(settings()))
+
+
+def importer() -> Importer:
+    """The contact importer of this container."""
+    s = settings()
+    return _cached("importer", lambda: Importer(s, s3_client(s), aws_client("sqs", s), aws_client("dynamodb", s)))
+
+
+def presigner() -> Any:
+    """Signs the CSV upload URLs (an S3 client that always signs, SigV4)."""
+    s = settings()
+    return _cached("presigner", lambda: s3_client(s, presign=True))
 
 
 def _drop_services() -> None:

@@ -14,6 +14,7 @@ Resource keys (logical ids are those of infra/resources.yaml):
 - ``index:<LogicalId>``: every index of that table (``<table arn>/index/*``).
 - ``stream:<LogicalId>``: that table's stream.
 - ``queue:<LogicalId>`` and ``topic:<LogicalId>``: an SQS queue, an SNS topic.
+- ``uploads:<LogicalId>``: the objects under ``imports/`` in that S3 bucket (the CSV uploads).
 - ``connections``: ``POST @connections`` on this stage of this app's WebSocket API.
 - ``logs``: the function's own log group (``policy_document`` passes it on as
   ``logs:<function>``, since the name depends on the function).
@@ -25,6 +26,8 @@ How AWS authorizes the calls the code makes, where it is not one action per call
   (DynamoDB developer guide, "Using IAM with DynamoDB transactions").
 - ``SendMessageBatch``, ``DeleteMessageBatch`` and ``ChangeMessageVisibilityBatch``
   are authorized as ``SendMessage``, ``DeleteMessage`` and ``ChangeMessageVisibility``.
+- S3's ``HeadObject`` is authorized as ``s3:GetObject``; a presigned PUT is authorized, when
+  it is used, as ``s3:PutObject`` of whoever signed it (the API function).
 - ``apigatewaymanagementapi.post_to_connection`` is ``execute-api:ManageConnections``
   on ``<api id>/<stage>/POST/@connections/<connection id>``.
 """
@@ -131,6 +134,13 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         ),
         _on("queue:SendDeadLetterQueue", "sqs:GetQueueAttributes"),  # GET /dlq: jobs awaiting recording
         _on("table:EventsTable", "dynamodb:Query"),  # GET /campaigns/{id}/events
+        # Lists: create (conditional put), read, page (Query); a contact's delete decrements the
+        # count in one transaction with it (UpdateItem on the list, DeleteItem on the contact).
+        _on("table:ListsTable", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"),
+        _on("table:ContactsTable", "dynamodb:Query", "dynamodb:DeleteItem"),
+        # POST /lists/{id}/imports: the waiting import (conditional put); GET: one, or the latest few.
+        _on("table:ImportsTable", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query"),
+        _on("uploads:ImportsBucket", "s3:PutObject"),  # the presigned upload URL is signed as this function
     ),
     "websocket_connect": (
         LOGS,
@@ -207,6 +217,21 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _on("table:CampaignsTable", "dynamodb:GetItem"),  # the tenant
         _on("table:DeadLettersTable", "dynamodb:PutItem"),  # park each recipient's job (conditional puts)
     ),
+    "import_contacts": (
+        LOGS,
+        _sqs_trigger("ImportsQueue"),
+        _on("queue:ImportsQueue", "sqs:SendMessage"),  # the continuation of an import out of time
+        _on("uploads:ImportsBucket", "s3:GetObject"),  # HeadObject (the size cap), then ranged GetObjects
+        # Claim (conditional UpdateItem) and progress, committed in a transaction with the list's count.
+        _on("table:ImportsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),
+        _on("table:ListsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # columns; count
+        _on("table:ContactsTable", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"),  # who is there; upserts
+    ),
+    "record_import_dead_letters": (
+        LOGS,
+        _sqs_trigger("ImportsDeadLetterQueue"),
+        _on("table:ImportsTable", "dynamodb:UpdateItem"),  # the import fails (conditional)
+    ),
     "start_scheduled_campaigns": (
         LOGS,
         _on("index:CampaignsTable", "dynamodb:Query"),  # the due ones, on the sparse scheduled index
@@ -264,12 +289,20 @@ def role_logical_id(function: str) -> str:
 
 def _split(key: str) -> tuple[str, str]:
     kind, _, name = key.partition(":")
-    if kind in ("table", "index", "stream", "queue", "topic", "logs") and not name:
+    if kind in ("table", "index", "stream", "queue", "topic", "logs", "uploads") and not name:
         raise ValueError(f"resource key {key!r} names no resource")
     return kind, name
 
 
-_SERVICE_OF = {"table": "dynamodb", "index": "dynamodb", "stream": "dynamodb", "queue": "sqs", "topic": "sns"}
+_SERVICE_OF = {
+    "table": "dynamodb",
+    "index": "dynamodb",
+    "stream": "dynamodb",
+    "queue": "sqs",
+    "topic": "sns",
+    "uploads": "s3",
+}
+UPLOADS_PREFIX = "imports/"  # chalicelib/imports.py PREFIX: the only keys the functions touch
 
 
 @dataclass(frozen=True)
@@ -315,6 +348,8 @@ class LiteralArns:
         service = arn.split(":")[2] if arn.count(":") >= 5 else ""
         if service != _SERVICE_OF[kind]:
             raise ValueError(f"resource key {key!r} needs a {_SERVICE_OF[kind]} ARN, got {arn!r}")
+        if kind == "uploads":
+            return f"{arn}/{UPLOADS_PREFIX}*"
         return f"{arn}/index/*" if kind == "index" else arn
 
 
@@ -348,6 +383,8 @@ class TemplateArns:
             return {"Fn::Sub": "${" + name + ".Arn}/index/*"}
         if kind == "stream":
             return {"Fn::GetAtt": [name, "StreamArn"]}
+        if kind == "uploads":
+            return {"Fn::Sub": "${" + name + ".Arn}/" + UPLOADS_PREFIX + "*"}
         if kind == "topic":
             return {"Ref": name}  # a topic's Ref is its ARN
         raise ValueError(f"unknown resource key {key!r}")

@@ -22,7 +22,7 @@ from infra.local.template import TEMPLATE_PATH, _CfnLoader
 
 # Resource types that Chalice, not this stack, creates.
 _CHALICE_TYPES = ("AWS::Serverless::",)
-_ARN_TYPES = ("AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic")
+_ARN_TYPES = ("AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic", "AWS::S3::Bucket")
 # Outputs that name a resource's ARN, or a table's stream ARN: ArnOfSendQueue, StreamOfRecipientsTable.
 ARN_OUTPUT = "ArnOf"
 STREAM_OUTPUT = "StreamOf"

@@ -1,4 +1,4 @@
-"""Creates the template's tables, queues and topics on the emulator (or LocalStack)."""
+"""Creates the template's tables, queues, topics and buckets on the emulator (or LocalStack)."""
 
 from __future__ import annotations
 
@@ -82,4 +82,67 @@ def create_resources(t: Template, session_clients: dict[str, Any]) -> dict[str, 
     for logical, props in t.of_type("AWS::SNS::Topic").items():
         arn = sns.create_topic(Name=t.resolve(props["TopicName"]))["TopicArn"]
         t.physical[logical] = {"Ref": arn, "TopicArn": arn}
+    for props in t.of_type("AWS::SQS::QueuePolicy").values():
+        for url in t.resolve(props["Queues"]):
+            sqs.set_queue_attributes(
+                QueueUrl=url, Attributes={"Policy": json.dumps(t.resolve(props["PolicyDocument"]))}
+            )
+    if "s3" in session_clients:
+        create_buckets(t, session_clients["s3"])
     return t.physical
+
+
+def create_buckets(t: Template, s3: Any) -> None:
+    """Each bucket with its access block, encryption, lifecycle, CORS and queue notifications."""
+    for logical, props in t.of_type("AWS::S3::Bucket").items():
+        name = t.resolve(props["BucketName"])
+        existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        if name not in existing:
+            s3.create_bucket(Bucket=name)
+        t.physical[logical] = {"Ref": name, "Arn": f"arn:aws:s3:::{name}"}
+        if "PublicAccessBlockConfiguration" in props:
+            s3.put_public_access_block(
+                Bucket=name, PublicAccessBlockConfiguration=t.resolve(props["PublicAccessBlockConfiguration"])
+            )
+        encryption = props.get("BucketEncryption")
+        if encryption:
+            rules = [
+                {"ApplyServerSideEncryptionByDefault": r["ServerSideEncryptionByDefault"]}
+                for r in t.resolve(encryption["ServerSideEncryptionConfiguration"])
+            ]
+            s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": rules})
+        lifecycle = props.get("LifecycleConfiguration")
+        if lifecycle:
+            rules = []
+            for r in t.resolve(lifecycle["Rules"]):
+                rule: dict[str, Any] = {"ID": r["Id"], "Status": r["Status"], "Filter": {"Prefix": r.get("Prefix", "")}}
+                if "ExpirationInDays" in r:
+                    rule["Expiration"] = {"Days": int(r["ExpirationInDays"])}
+                if "AbortIncompleteMultipartUpload" in r:
+                    rule["AbortIncompleteMultipartUpload"] = r["AbortIncompleteMultipartUpload"]
+                rules.append(rule)
+            s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": rules})
+        cors = props.get("CorsConfiguration")
+        if cors:
+            rules = [
+                {
+                    "AllowedMethods": r["AllowedMethods"],
+                    "AllowedOrigins": r["AllowedOrigins"],
+                    "AllowedHeaders": r.get("AllowedHeaders", []),
+                    "MaxAgeSeconds": int(r.get("MaxAge", 0)),
+                }
+                for r in t.resolve(cors["CorsRules"])
+            ]
+            s3.put_bucket_cors(Bucket=name, CORSConfiguration={"CORSRules": rules})
+        notifications = props.get("NotificationConfiguration")
+        if notifications:
+            queues = []
+            for q in t.resolve(notifications.get("QueueConfigurations", [])):
+                entry: dict[str, Any] = {"QueueArn": q["Queue"], "Events": [q["Event"]]}
+                key_rules = ((q.get("Filter") or {}).get("S3Key") or {}).get("Rules")
+                if key_rules:
+                    entry["Filter"] = {"Key": {"FilterRules": key_rules}}
+                queues.append(entry)
+            s3.put_bucket_notification_configuration(
+                Bucket=name, NotificationConfiguration={"QueueConfigurations": queues}
+            )

@@ -274,7 +274,7 @@ class LocalRuntime:
             region=self.emulator.region,
             parameters={"MaxReceiveCount": cfg.max_receive_count, "SendVisibilityTimeout": cfg.send_visibility_timeout},
         )
-        clients = {name: self.emulator.client(name) for name in ("dynamodb", "sqs", "sns")}
+        clients = {name: self.emulator.client(name) for name in ("dynamodb", "sqs", "sns", "s3")}
         create_resources(self.template, clients)
         if self.relay is None:
             self._start_standin()
@@ -417,6 +417,8 @@ class LocalRuntime:
                 "SEND_QUEUE_URL": physical["SendQueue"]["Ref"],
                 "DEAD_LETTER_QUEUE_URL": physical["SendDeadLetterQueue"]["Ref"],
                 "ALERTS_TOPIC_ARN": physical["AlertsTopic"]["Ref"],
+                "IMPORTS_BUCKET": physical["ImportsBucket"]["Ref"],
+                "IMPORTS_QUEUE_URL": physical["ImportsQueue"]["Ref"],
                 "RELEASE_CONCURRENCY": str(self.config.release_concurrency),
                 "MAX_RECEIVE_COUNT": str(self.config.max_receive_count),
                 "REPORT_MAILBOX_URL": self.report_mailbox_url,
@@ -436,6 +438,9 @@ class LocalRuntime:
                     "SMTP_PASSWORD": standin["SMTP_PASSWORD"],
                 }
             )
+        if self.emulator.in_process:
+            # The code reaches in-process moto through the mock; uploads go to its server.
+            env.setdefault("IMPORTS_UPLOAD_ENDPOINT", self.emulator.endpoint_url)
         if self.emulator.kind == MINISTACK:
             # It checks no signature, and signing costs each request about a tenth of its client's CPU.
             env.setdefault("AWS_UNSIGNED_LOOPBACK", "true")

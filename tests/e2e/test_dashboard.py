@@ -291,3 +291,24 @@ def test_engagement_is_shown_human_and_machine_apart_and_updates_live(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-engagement.png"), full_page=True)
     errors.check()
+
+
+def test_a_csv_is_uploaded_to_a_new_list_and_its_import_progress_shown(dashboard: tuple[Page, PageErrors]) -> None:
+    page, errors = dashboard
+    page.fill("#l-name", "e2e list")
+    page.click("#l-create")
+    expect(page.locator("#list-msg")).to_contain_text("created")
+    expect(page.locator("#l-target option:checked")).to_have_text("e2e list")
+    rows = "".join(f"e2e-contact{i}@example.org,Person {i}\n" for i in range(500))
+    data = ("email,name\n" + rows + "not-an-address,Nobody\n").encode()
+    page.set_input_files("#l-file", files=[{"name": "contacts.csv", "mimeType": "text/csv", "buffer": data}])
+
+    # The page PUTs the file to the presigned URL (the emulator's origin: CORS and CSP allow it).
+    page.click("#l-upload")
+
+    expect(page.locator("#import-bar")).to_have_attribute("data-status", "completed", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#import-progress")).to_have_attribute("aria-valuenow", "100")
+    expect(page.locator("#import-text")).to_contain_text("501 rows · 500 imported (500 new)")
+    expect(page.locator("#import-errors")).to_contain_text("row 502: invalid address 'not-an-address'")
+    expect(page.locator("#lists li", has_text="e2e list")).to_contain_text("500 contacts")
+    errors.check()

@@ -52,6 +52,10 @@ DEFAULTED_ON_PURPOSE = {
     "jwt_secret": "RS256 in prod; a parameter for HS256 stages",
     "public_api_url": "only send_mail writes tracking URLs; set on it alone (checked on its own)",
     "machine_event_window_s": "5 s: an open or click sooner after rendering is a scanner's",
+    "max_import_bytes": "256 MiB per CSV upload, the documented limit",
+    "import_budget_s": "60 s per import_contacts invocation, half its 120 s timeout",
+    "import_url_ttl_s": "15 minutes per presigned upload URL",
+    "imports_upload_endpoint": "unset on AWS: uploads go to the bucket's regional host",
 }
 
 

@@ -42,6 +42,8 @@ FUNCTIONS = {
     "record_stream_failures",
     "read_delivery_reports",
     "start_scheduled_campaigns",
+    "import_contacts",
+    "record_import_dead_letters",
 }
 
 
@@ -186,6 +188,8 @@ def test_each_mapping_names_its_real_source_with_the_settings_chalice_cannot_set
         "record_stream_failures": failures,
         "aggregate_recipients": outputs["StreamOfRecipientsTable"],
         "aggregate_events": outputs["StreamOfEventsTable"],
+        "import_contacts": outputs["ArnOfImportsQueue"],
+        "record_import_dead_letters": outputs["ArnOfImportsDeadLetterQueue"],
     }
     assert {fn: m["EventSourceArn"] for fn, m in mappings.items()} == expected_sources
     for function, mapping in mappings.items():
@@ -195,7 +199,7 @@ def test_each_mapping_names_its_real_source_with_the_settings_chalice_cannot_set
         assert mapping["BisectBatchOnFunctionError"] is True
         assert 0 <= mapping["MaximumRetryAttempts"] <= 20
         assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == failures
-    for function in ("release_jobs", "send_mail", "record_dead_letters"):
+    for function in ("release_jobs", "send_mail", "record_dead_letters", "import_contacts"):
         assert mappings[function]["ScalingConfig"]["MaximumConcurrency"] >= 2, function
     # The on-failure queue is itself read: it is the source of record_stream_failures.
     assert mappings["record_stream_failures"]["EventSourceArn"] == failures
@@ -288,7 +292,7 @@ def test_every_function_has_its_own_role_with_only_its_own_grants(deployment: De
 
 
 def _assert_own_stage(function: str, resource: str, ws_api_id: str) -> None:
-    """A resource of this stage only: its own tables, queues, topic, log group and WebSocket API."""
+    """A resource of this stage only: its own tables, queues, topic, uploads, log group and WebSocket API."""
     arn = resource.split(":", 5)
     assert len(arn) == 6 and arn[0] == "arn" and "*" not in arn[3] + arn[4], (function, resource)
     service, name = arn[2], arn[5]
@@ -299,6 +303,9 @@ def _assert_own_stage(function: str, resource: str, ws_api_id: str) -> None:
         assert name == f"log-group:/aws/lambda/{_physical(function)}:*", (function, resource)
     elif service == "execute-api":
         assert name.startswith(f"{ws_api_id}/{STAGE}/POST/@connections/"), (function, resource)
+    elif service == "s3":
+        bucket, _, key = name.partition("/")  # only the uploads of this stage's imports bucket
+        assert bucket.startswith(f"{PREFIX}-imports-") and key == "imports/*", (function, resource)
     else:
         raise AssertionError(f"{function} is granted an unexpected service: {resource}")
 

@@ -40,7 +40,7 @@ from chalice.app import ChaliceAuthorizer, EventSourceHandler
 
 import app as app_module
 from chalicelib import tracking_tokens, wiring
-from chalicelib.clients import aws_client, botocore_clients, management_client
+from chalicelib.clients import aws_client, botocore_clients, management_client, s3_client
 from chalicelib.errors import TemporaryDeliveryError
 from chalicelib.models import ALL_MODELS
 from chalicelib.queues import Queue
@@ -64,6 +64,7 @@ from infra.deploy.iam import (
 from infra.local.runtime import LocalRuntime
 from tests.conftest import start_runtime
 from tests.support.api import Api, token
+from tests.support.lists import create_list, csv_text, start_upload, wait_import
 from tests.support.packaged import load
 from tests.support.waiting import wait_until
 from tests.support.websocket import Viewer
@@ -201,6 +202,11 @@ class CallRecorder:
             return [(f"sqs:{self.SQS_ACTIONS.get(operation, operation)}", self.queue_arns.get(url, url))]
         if service == "sns":
             return [(f"sns:{operation}", params["TopicArn"])]
+        if service == "s3":
+            # HeadObject is authorized as s3:GetObject; a presigned PUT as s3:PutObject of its signer
+            # (botocore builds a presigned request's parameters like a call's, so it is seen here).
+            action = {"HeadObject": "GetObject"}.get(operation, operation)
+            return [(f"s3:{action}", f"arn:aws:s3:::{params['Bucket']}/{params.get('Key', '')}")]
         if service == "apigatewaymanagementapi":
             api_id, stage = self.websocket_api or ("unknown-api", "unknown-stage")
             method = self.CONNECTION_METHODS.get(operation, operation)
@@ -282,7 +288,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
             "SMTP_STANDIN_DSN": "1",
         },
         # 10 sends/s and a 1 s budget: a chunk of 25 cannot be released at once, so its rest is re-queued.
-        settings_env={"SEND_RATE_PER_S": "10", "RELEASE_MAX_SECONDS": "1"},
+        # A 0.3 s import budget: a 1,500-row CSV needs continuations.
+        settings_env={"SEND_RATE_PER_S": "10", "RELEASE_MAX_SECONDS": "1", "IMPORT_BUDGET_S": "0.3"},
         schedule_interval_s=1.0,
     )
     try:
@@ -325,6 +332,8 @@ def allows(document: dict[str, Any], action: str, resource: str) -> bool:
 def resource_key(arns: LiteralArns, arn: str) -> str:
     """The FUNCTION_GRANTS key a called ARN falls under."""
     for logical, known in arns.arns.items():
+        if known.startswith("arn:aws:s3:::") and arn.startswith(f"{known}/imports/"):
+            return f"uploads:{logical}"
         if arn == known:
             kind = {"dynamodb": "table", "sqs": "queue", "sns": "topic"}[known.split(":")[2]]
             return f"{kind}:{logical}"
@@ -436,6 +445,7 @@ def run_session(runtime: LocalRuntime, relay: ScriptedRelay) -> None:
     assert wait_until(lambda: api.call("GET", "/dlq")[1]["count"] == 0, timeout_s=120)
     exercise_release_dead_letters(runtime, api)
     exercise_schedule_and_cancel(runtime, api)
+    exercise_lists_and_imports(runtime, api)
 
     # Everything a reader of the API looks at.
     assert api.call("GET", "/campaigns")[0] == 200
@@ -531,6 +541,31 @@ def exercise_release_dead_letters(runtime: LocalRuntime, api: Api) -> None:
     assert api.wait_until_done(stalled, timeout_s=60)["counts"]["failed"] == 0
 
 
+def exercise_lists_and_imports(runtime: LocalRuntime, api: Api) -> None:
+    """A list filled from a CSV through S3 (continued twice or more), read, trimmed; a dead import failed."""
+    assert runtime.template and runtime.emulator
+    list_id = create_list(api, "iam")
+    rows = [(f"contact{i}@example.org", f"N{i}") for i in range(1500)] + [("not-an-address", "x")]
+    import_id = start_upload(api, list_id, csv_text(rows))
+    state = wait_import(api, list_id, import_id, timeout_s=120)
+    assert (state["status"], state["imported"], state["error_count"]) == ("completed", 1500, 1), state
+    assert api.call("GET", "/lists")[0] == 200
+    assert api.call("GET", f"/lists/{list_id}")[1]["count"] == 1500
+    assert api.call("GET", f"/lists/{list_id}/contacts?limit=5")[0] == 200
+    assert api.call("DELETE", f"/lists/{list_id}/contacts/contact1@example.org")[0] == 200
+    # An import whose messages ran out of receives, as SQS moves one to the imports DLQ.
+    status, stuck = api.call("POST", f"/lists/{list_id}/imports")
+    assert status == 201
+    body = json.dumps({"continue": {"list_id": list_id, "import_id": stuck["import_id"], "offset": 0}})
+    runtime.emulator.client("sqs").send_message(
+        QueueUrl=runtime.template.physical["ImportsDeadLetterQueue"]["Ref"], MessageBody=body
+    )
+    wait_until(
+        lambda: api.call("GET", f"/lists/{list_id}/imports/{stuck['import_id']}")[1]["status"] == "failed",
+        timeout_s=60,
+    )
+
+
 def exercise_schedule_and_cancel(runtime: LocalRuntime, api: Api) -> None:
     """One campaign scheduled, moved earlier and started by the starter; another cancelled before it starts."""
     in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
@@ -622,6 +657,8 @@ def test_every_call_is_granted_and_every_grant_is_used(runtime: LocalRuntime) ->
     settings = wiring.settings()
     for service in ("dynamodb", "sqs", "sns"):
         aws_client(service, settings)
+    s3_client(settings)
+    s3_client(settings, presign=True)
     management_client(settings)
     for model in ALL_MODELS:
         model._get_connection().connection.client  # noqa: B018 - builds the model's botocore client

@@ -25,7 +25,13 @@ def test_the_stack_holds_only_resources_chalice_does_not_create(stack: Resources
     resources = stack.body["Resources"]
     types = {spec["Type"] for spec in resources.values()}
 
-    assert types == {"AWS::DynamoDB::Table", "AWS::SQS::Queue", "AWS::SNS::Topic"}
+    assert types == {
+        "AWS::DynamoDB::Table",
+        "AWS::SQS::Queue",
+        "AWS::SNS::Topic",
+        "AWS::SQS::QueuePolicy",
+        "AWS::S3::Bucket",
+    }
     assert "SendMail" not in resources and "RestAPI" not in resources  # overrides of Chalice's resources
     assert "Globals" not in stack.body
 
@@ -45,7 +51,7 @@ def test_arn_outputs_name_every_table_queue_and_stream(stack: ResourcesTemplate)
     outputs = {key: "arn:x" for key in stack.body["Outputs"]}
     arns, streams = ResourcesTemplate.arns(outputs)
 
-    assert {"RecipientsTable", "SendQueue", "StreamFailuresQueue", "AlertsTopic"} <= set(arns)
+    assert {"RecipientsTable", "SendQueue", "StreamFailuresQueue", "AlertsTopic", "ImportsBucket"} <= set(arns)
     assert set(streams) == {"RecipientsTable", "EventsTable"}
 
 

@@ -40,6 +40,9 @@ TABLES = (
     "DeadLetters",
     "SenderDomains",
     "Idempotency",
+    "Lists",
+    "Contacts",
+    "Imports",
 )
 QUEUES = {
     "ReleaseQueue": "release",
@@ -47,6 +50,8 @@ QUEUES = {
     "SendQueue": "send",
     "SendDeadLetterQueue": "send-dlq",
     STREAM_FAILURES_QUEUE: "stream-failures",
+    "ImportsQueue": "imports",
+    "ImportsDeadLetterQueue": "imports-dlq",
 }
 
 
@@ -62,6 +67,7 @@ def stack_arns(stage: str) -> tuple[dict[str, str], dict[str, str]]:
         logical: f"arn:aws:sqs:{REGION}:{ACCOUNT}:{prefix}-{name}" for logical, name in QUEUES.items()
     }
     arns["AlertsTopic"] = f"arn:aws:sns:{REGION}:{ACCOUNT}:{prefix}-alerts"
+    arns["ImportsBucket"] = f"arn:aws:s3:::{prefix}-imports-{ACCOUNT}-{REGION}"
     streams = {table: f"{arns[table]}/stream/2026-01-01T00:00:00.000" for table in ("RecipientsTable", "EventsTable")}
     return arns, streams
 
@@ -112,6 +118,8 @@ def test_every_function_chalice_deploys_has_its_own_grants() -> None:
         "record_stream_failures",
         "read_delivery_reports",
         "start_scheduled_campaigns",
+        "import_contacts",
+        "record_import_dead_letters",
     }
     assert set(FUNCTION_GRANTS) == deployed
 
@@ -133,12 +141,16 @@ def test_grants_name_only_resources_of_the_stack_and_precise_actions() -> None:
         "stream": "AWS::DynamoDB::Table",
         "queue": "AWS::SQS::Queue",
         "topic": "AWS::SNS::Topic",
+        "uploads": "AWS::S3::Bucket",
     }
     for function, grants in FUNCTION_GRANTS.items():
         for grant in grants:
             assert isinstance(grant, Grant)
             for action in grant.actions:
-                assert re.fullmatch(r"(dynamodb|sqs|sns|execute-api|logs):[A-Z][A-Za-z]+", action), (function, action)
+                assert re.fullmatch(r"(dynamodb|sqs|sns|execute-api|logs|s3):[A-Z][A-Za-z]+", action), (
+                    function,
+                    action,
+                )
             for key in grant.resources:
                 kind, _, logical = key.partition(":")
                 if kind in ("logs", "connections"):
@@ -154,6 +166,8 @@ def test_no_policy_has_a_wildcard_action_another_stage_or_a_foreign_resource() -
     arns, streams = stack_arns(STAGE)
     exact = set(arns.values()) | set(streams.values())
     indexes = {f"{arns[f'{t}Table']}/index/*" for t in TABLES}
+    exact.discard(arns["ImportsBucket"])  # never the bucket itself: only its uploads
+    uploads = f"{arns['ImportsBucket']}/imports/*"
     connections = f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/{STAGE}/POST/@connections/*"
     other_stages = set(stack_arns("prod")[0].values())
     for function in FUNCTION_GRANTS:
@@ -164,7 +178,9 @@ def test_no_policy_has_a_wildcard_action_another_stage_or_a_foreign_resource() -
         for action, resource in granted(function, resolver):
             assert "*" not in action, (function, action)
             assert not action.startswith("ssm:"), (function, action)
-            assert resource in exact | indexes | {connections, own_logs}, (function, action, resource)
+            assert resource in exact | indexes | {connections, own_logs, uploads}, (function, action, resource)
+            if action.startswith("s3:"):
+                assert resource == uploads, (function, action)
             assert "mailpipe-*" not in resource and resource not in other_stages
             if "@connections" in resource or action.startswith("execute-api:"):
                 assert (action, resource) == ("execute-api:ManageConnections", connections), function
@@ -307,3 +323,19 @@ def test_resolvers_refuse_what_they_cannot_name() -> None:
         TemplateArns(stage="prod", app_name="mailpipe").resolve("bucket:Logs")
     with pytest.raises(KeyError, match="FUNCTION_GRANTS"):
         policy_document("not_a_function", literal())
+
+
+def test_only_the_api_signs_uploads_and_only_the_importer_reads_them() -> None:
+    uploads = f"{stack_arns(STAGE)[0]['ImportsBucket']}/imports/*"
+    s3_grants = {
+        function: {action for action, resource in granted(function, literal()) if action.startswith("s3:")}
+        for function in FUNCTION_GRANTS
+    }
+
+    assert {f: a for f, a in s3_grants.items() if a} == {
+        "api_handler": {"s3:PutObject"},
+        "import_contacts": {"s3:GetObject"},
+    }
+    assert ("s3:GetObject", uploads) in granted("import_contacts", literal())
+    template = granted("import_contacts", TemplateArns(stage=STAGE, app_name="mailpipe"))
+    assert ("s3:GetObject", json.dumps({"Fn::Sub": "${ImportsBucket.Arn}/imports/*"})) in template

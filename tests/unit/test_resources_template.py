@@ -37,6 +37,9 @@ def test_table_names_substitute_the_stack_name(template: Template) -> None:
         "DeadLettersTable": f"{STACK}-dead-letters",
         "SenderDomainsTable": f"{STACK}-sender-domains",
         "IdempotencyTable": f"{STACK}-idempotency",
+        "ListsTable": f"{STACK}-lists",
+        "ContactsTable": f"{STACK}-contacts",
+        "ImportsTable": f"{STACK}-imports",
     }
 
 
@@ -46,7 +49,7 @@ def test_table_names_match_what_settings_derive_from_the_stack_prefix(template: 
     names = {template.resolve(p["TableName"]) for p in template.of_type("AWS::DynamoDB::Table").values()}
 
     shorts = ("campaigns", "recipients", "events", "stats", "connections", "suppressions", "dead-letters")
-    for short in (*shorts, "sender-domains", "idempotency"):
+    for short in (*shorts, "sender-domains", "idempotency", "lists", "contacts", "imports"):
         assert settings.table_name(short) in names
 
 
@@ -60,6 +63,8 @@ def test_queue_and_topic_names_substitute_the_stack_name(template: Template) -> 
         "SendDeadLetterQueue": f"{STACK}-send-dlq",
         "SendQueue": f"{STACK}-send",
         "StreamFailuresQueue": f"{STACK}-stream-failures",
+        "ImportsQueue": f"{STACK}-imports",
+        "ImportsDeadLetterQueue": f"{STACK}-imports-dlq",
     }
     assert topics == {"AlertsTopic": f"{STACK}-alerts"}
 
@@ -77,6 +82,8 @@ def test_sub_resolves_region_and_account(template: Template) -> None:
         ("release_jobs", "ReleaseQueue"),
         ("aggregate_recipients", "RecipientsTable"),
         ("record_stream_failures", "StreamFailuresQueue"),
+        ("import_contacts", "ImportsQueue"),
+        ("record_import_dead_letters", "ImportsDeadLetterQueue"),
     ],
 )
 def test_event_source_target(template: Template, handler: str, target: str) -> None:
@@ -88,7 +95,9 @@ def test_handler_without_an_event_source_has_none(template: Template) -> None:
     assert template.event_source_properties("no_such_handler") == {}
 
 
-@pytest.mark.parametrize("handler", ["send_mail", "release_jobs", "record_stream_failures"])
+@pytest.mark.parametrize(
+    "handler", ["send_mail", "release_jobs", "record_stream_failures", "import_contacts", "record_import_dead_letters"]
+)
 def test_sqs_handlers_report_batch_item_failures(template: Template, handler: str) -> None:
     # Chalice never sets this; without it AWS retries whole batches.
     assert template.event_source_properties(handler)["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
@@ -121,3 +130,43 @@ def test_the_send_queue_hides_jobs_longer_than_the_claim_lease(template: Templat
     visibility = template.resolve(template.of_type("AWS::SQS::Queue")["SendQueue"]["VisibilityTimeout"])
 
     assert visibility > Settings().claim_lease_s
+
+
+def test_the_imports_queue_hides_a_job_six_times_as_long_as_the_import_function_may_run(template: Template) -> None:
+    # Lambda refuses a trigger whose function timeout exceeds the queue's visibility timeout
+    # (AWS recommends 6x); the import's own budget must end well before that timeout.
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(__file__).resolve().parents[2] / ".chalice" / "config.json").read_text())
+    timeout = config["lambda_functions"]["import_contacts"]["lambda_timeout"]
+    visibility = template.resolve(template.of_type("AWS::SQS::Queue")["ImportsQueue"]["VisibilityTimeout"])
+
+    assert visibility >= 6 * timeout
+    assert Settings().import_budget_s <= timeout / 2
+
+
+def test_the_imports_bucket_is_private_encrypted_expiring_and_notifies_the_imports_queue(template: Template) -> None:
+    bucket = template.resources["ImportsBucket"]
+    props = bucket["Properties"]
+
+    assert bucket["DependsOn"] == "ImportsQueuePolicy"  # S3 checks it may send before it accepts the config
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    (rule,) = props["LifecycleConfiguration"]["Rules"]
+    assert rule["Prefix"] == "imports/" and rule["ExpirationInDays"] == 7
+    (cors,) = props["CorsConfiguration"]["CorsRules"]
+    assert cors["AllowedMethods"] == ["PUT"]
+    (notification,) = props["NotificationConfiguration"]["QueueConfigurations"]
+    assert notification["Queue"] == {"Fn::GetAtt": ["ImportsQueue", "Arn"]}
+    assert notification["Event"] == "s3:ObjectCreated:*"
+    assert notification["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": "imports/"}]
+
+
+def test_only_this_bucket_of_this_account_may_notify_the_imports_queue(template: Template) -> None:
+    (statement,) = template.resources["ImportsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    bucket_name = template.resolve(template.resources["ImportsBucket"]["Properties"]["BucketName"])
+
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
+    assert template.resolve(statement["Condition"]["ArnEquals"]["aws:SourceArn"]) == f"arn:aws:s3:::{bucket_name}"
+    assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
