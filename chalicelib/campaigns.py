@@ -11,7 +11,7 @@ from typing import Any
 from pynamodb.attributes import JSONAttribute
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import engagement_stats, stats
+from chalicelib import audiences, engagement_stats, fanout, lists, stats
 from chalicelib.auth import Principal
 from chalicelib.clients import aws_client
 from chalicelib.errors import Conflict, InvalidCampaign, NotFound
@@ -48,7 +48,7 @@ from chalicelib.sender_domains import check_sender
 from chalicelib.settings import Settings
 from chalicelib.suppressions import suppressed_among
 from chalicelib.timeutil import now_iso
-from chalicelib.validation import MAX_ROW_ERRORS, CampaignRequest
+from chalicelib.validation import MAX_ROW_ERRORS, CampaignRequest, RecipientRow, check_sample_rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
     written (``_undo``) before the error goes on to become a 500.
     """
     check_sender(principal.tenant, request.from_addr, settings)
+    if request.list_id is not None or len(request.recipients) > settings.inline_recipients_max:
+        return _create_in_background(principal, request, settings)
     campaign_id = uuid.uuid4().hex
     created = now_iso()
     emails = [row.email for row in request.recipients]
@@ -73,28 +75,7 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
     else:
         initial = SCHEDULED if request.send_at else QUEUED
     waiting = initial == SCHEDULED
-    campaign = Campaign(
-        campaign_id,
-        tenant=principal.tenant,
-        name=request.name,
-        from_addr=request.from_addr,
-        reply_to=request.reply_to,
-        subject=request.subject,
-        text=request.text,
-        html=request.html,
-        status=initial,
-        total=len(emails),
-        duplicates_dropped=request.duplicates_dropped,
-        alert_bounce_rate=request.alerts.get("bounce_rate"),
-        alert_failure_rate=request.alerts.get("failure_rate"),
-        alert_min_sends=request.alerts.get("min_sends"),
-        track_opens=request.track_opens,
-        track_clicks=request.track_clicks,
-        created_at=created,
-        updated_at=created,
-        send_at=request.send_at,
-        schedule_key=SCHEDULE_KEY if waiting else None,
-    )
+    campaign = _campaign_item(principal, request, campaign_id, initial, len(emails), created)
     recipients = [
         Recipient(
             campaign_id,
@@ -133,6 +114,111 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         "duplicates_dropped": request.duplicates_dropped,
         "total": len(emails),
         "send_at": request.send_at,
+        "creation": None,
+    }
+
+
+def _campaign_item(
+    principal: Principal, request: CampaignRequest, campaign_id: str, status: str, total: int, created: str
+) -> Campaign:
+    return Campaign(
+        campaign_id,
+        tenant=principal.tenant,
+        name=request.name,
+        from_addr=request.from_addr,
+        reply_to=request.reply_to,
+        subject=request.subject,
+        text=request.text,
+        html=request.html,
+        status=status,
+        total=total,
+        duplicates_dropped=request.duplicates_dropped,
+        alert_bounce_rate=request.alerts.get("bounce_rate"),
+        alert_failure_rate=request.alerts.get("failure_rate"),
+        alert_min_sends=request.alerts.get("min_sends"),
+        track_opens=request.track_opens,
+        track_clicks=request.track_clicks,
+        created_at=created,
+        updated_at=created,
+        send_at=request.send_at,
+        schedule_key=SCHEDULE_KEY if status == SCHEDULED else None,
+    )
+
+
+# Contacts of a list rendered at creation (one Query): a template needing a column the list lacks is a 400.
+LIST_SAMPLE = 20
+
+
+def _create_in_background(principal: Principal, request: CampaignRequest, settings: Settings) -> dict[str, Any]:
+    """Create a campaign whose recipients a background fan-out writes (chalicelib/fanout.py).
+
+    The POST writes a bounded number of items whatever the audience's size: the
+    campaign, its totals row, and for inline recipients one S3 object (the rows, as
+    validated). Release starts with the fan-out's first page.
+    """
+    campaign_id = uuid.uuid4().hex
+    created = now_iso()
+    initial = SCHEDULED if request.send_at else QUEUED
+    staged = None
+    if request.list_id is not None:
+        try:
+            contact_list = lists.get_list(principal.tenant, request.list_id)
+        except NotFound as exc:  # the body names a list that is not the caller's: the field is wrong
+            raise InvalidCampaign([{"field": "list_id", "error": "no such list"}]) from exc
+        expected = int(contact_list.count or 0)
+        if expected == 0:
+            raise InvalidCampaign([{"field": "list_id", "error": "the list has no contacts"}])
+        sample = audiences.ListAudience(request.list_id).page(None, LIST_SAMPLE)[0]
+        check_sample_rows(
+            request, [RecipientRow(email, variables, row) for row, (email, variables) in enumerate(sample)]
+        )
+        audience = audiences.LIST_PREFIX + request.list_id
+    else:
+        expected = len(request.recipients)
+        staged = audiences.staged_key(principal.tenant, campaign_id)
+        audience = audiences.STAGED_PREFIX + staged
+    campaign = _campaign_item(principal, request, campaign_id, initial, expected, created)
+    campaign.audience = audience
+    campaign.building = True
+    campaign.fanout_page = 0
+    campaign.fanout_written = 0
+    campaign.fanout_expected = expected
+    recipients = [fanout.new_recipient(campaign, row.email, row.vars, False, created) for row in request.recipients]
+    check_sizes(campaign, recipients, request)
+    try:
+        if staged is not None:
+            aws_client("s3", settings).put_object(
+                Bucket=settings.imports_bucket,
+                Key=staged,
+                Body=audiences.staged_rows([(row.email, row.vars) for row in request.recipients]),
+                ContentType="application/x-ndjson",
+            )
+        stats.init_campaign(campaign_id, principal.tenant, 0, settings, status=initial, building=True)
+        campaign.save()
+        fanout.queue_fanout(campaign_id, settings)
+    except Exception:
+        _undo(campaign_id, [], settings)
+        raise
+    return {
+        "campaign_id": campaign_id,
+        "status": initial,
+        "queued": 0,
+        "suppressed": 0,
+        "duplicates_dropped": request.duplicates_dropped,
+        "total": expected,
+        "send_at": request.send_at,
+        "creation": creation_view(campaign),
+    }
+
+
+def creation_view(campaign: Campaign) -> dict[str, Any] | None:
+    """Progress of a background fan-out (None for a campaign written inline)."""
+    if campaign.audience is None:
+        return None
+    return {
+        "state": "building" if campaign.building else "done",
+        "written": int(campaign.fanout_written or 0),
+        "expected": int(campaign.fanout_expected or 0),
     }
 
 
@@ -256,6 +342,7 @@ def describe(campaign: Campaign, settings: Settings) -> dict[str, Any]:
         "created_at": campaign.created_at,
         "updated_at": campaign.updated_at,
         "send_at": campaign.send_at,
+        "creation": creation_view(campaign),
     }
 
 
@@ -409,6 +496,10 @@ def resume(campaign: Campaign, settings: Settings) -> dict[str, Any]:
         if exc.cause_response_code != "ConditionalCheckFailedException":
             raise
         raise Conflict(f"a {campaign.status} campaign cannot be resumed") from exc
+    if campaign.building:
+        # Its fan-out stopped (dead-lettered) or still runs: queue it from the page it got to. A
+        # live one keeps its lease, and this job ends as a duplicate.
+        fanout.queue_fanout(campaign.campaign_id, settings, page=int(campaign.fanout_page or 0))
     open_emails = [
         r.email
         for state in (PENDING, DEFERRED)
@@ -529,7 +620,16 @@ def start_due(settings: Settings, now: float | None = None) -> list[str]:
 
 
 def start_campaign(campaign_id: str, send_at: str, settings: Settings) -> bool:
-    """Queue a due campaign's pending recipients and mark it started; False if it was no longer due."""
+    """Queue a due campaign's pending recipients and mark it started; False if it was no longer due.
+
+    A campaign whose fan-out still writes recipients is not started yet (the next run
+    looks again): its pending recipients are not all there to be queued.
+    """
+    try:
+        if Campaign.get(campaign_id, consistent_read=True).building:
+            return False
+    except Campaign.DoesNotExist:
+        return False
     emails = [r.email for r in Recipient.status_index.query(campaign_id, Recipient.status == PENDING)]
     if emails:
         # Shown on the release queue a little after the flip below, which the release

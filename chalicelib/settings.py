@@ -120,6 +120,12 @@ class Settings:
     retry_cap_s: float = 3600.0
     max_receive_count: int = 8
 
+    # Background fan-out (chalicelib/fanout.py): a POST with more inline recipients than this, or
+    # with a list_id, writes only the campaign; the fan-out writes the recipients afterwards, at
+    # most this many a second per campaign (and at most 4x send_rate_per_s: no use writing far ahead).
+    inline_recipients_max: int = 2_000
+    fanout_rate_per_s: float = 2_000.0
+
     # Request limits.
     max_recipients: int = 50_000
     max_body_bytes: int = 5_000_000
