@@ -130,6 +130,7 @@ def consume(spec: dict[str, Any], stop: threading.Event, report: Callable[[dict[
     from chalicelib.clients import aws_client
     from chalicelib.rendering import message_id
     from chalicelib.settings import Settings
+    from chalicelib.shards import partition
     from chalicelib.smtp import Envelope, SmtpPool
 
     settings = Settings.from_env()
@@ -154,11 +155,13 @@ def consume(spec: dict[str, Any], stop: threading.Event, report: Callable[[dict[
             in_flight = []
             done: list[str] = []
             for message in messages:
-                email = json.loads(message["Body"])["e"]
+                body = json.loads(message["Body"])
+                email = body["e"]
                 receives = message.get("Attributes", {}).get("ApproximateReceiveCount", "1")
                 token = f"{message['MessageId']}#{receives}"
                 now = time.time()
-                key = {"campaign_id": {"S": campaign_id}, "email": {"S": email}}
+                # Keyed as the pipeline keys it: the shard the job names (chalicelib/shards.py).
+                key = {"campaign_shard": {"S": partition(campaign_id, int(body.get("s", 0)))}, "email": {"S": email}}
                 try:
                     ddb.update_item(
                         TableName=table,
@@ -315,6 +318,8 @@ def run_raw(
     ``outside_pids`` are the other processes whose CPU the run costs (the emulator, the stand-in).
     """
     from chalicelib.clients import aws_client
+    from chalicelib.release import send_job_body
+    from chalicelib.shards import campaign_of, recipient_partition, shard_count
     from infra.local.stream_event_source import keep_records_as_sent
     from infra.local.worker import settings_environment
 
@@ -331,6 +336,8 @@ def run_raw(
     top_up = max(10, max_depth // 4)
     campaign_id = f"raw{uuid.uuid4().hex}"
     emails = [f"raw{i:06d}@example.com" for i in range(n)]
+    # Spread as the pipeline spreads a campaign of n (chalicelib/shards.py), so both pay the same.
+    shards = shard_count(n, settings.recipients_per_shard)
     result = RawResult(campaign_id=campaign_id, n=n, concurrency=concurrency)
     state = _RawState(n)
     counts_dir = work_dir / "raw-counts"
@@ -356,7 +363,7 @@ def run_raw(
     ]
 
     def produce() -> None:
-        bodies = [json.dumps({"c": campaign_id, "e": e}, separators=(",", ":")) for e in emails]
+        bodies = [json.dumps(send_job_body(campaign_id, e, shards), separators=(",", ":")) for e in emails]
         while state.produced < n and not state.stop.is_set():
             with state.cond:
                 room = max_depth - (state.produced - state.deleted)
@@ -388,7 +395,7 @@ def run_raw(
                 sent = 0
                 for record in records:
                     data = record.get("dynamodb", {})
-                    if data.get("Keys", {}).get("campaign_id", {}).get("S") != campaign_id:
+                    if campaign_of(data.get("Keys", {}).get("campaign_shard", {}).get("S", "")) != campaign_id:
                         continue
                     if data.get("NewImage", {}).get("status", {}).get("S") == "sent":
                         sent += 1
@@ -430,6 +437,7 @@ def run_raw(
             {
                 "PutRequest": {
                     "Item": {
+                        "campaign_shard": {"S": recipient_partition(campaign_id, e, shards)},
                         "campaign_id": {"S": campaign_id},
                         "email": {"S": e},
                         "status": {"S": "pending"},

@@ -20,6 +20,7 @@ from chalicelib.live import stats_payload
 from chalicelib.models import CANCELLED, COMPLETED, COMPLETED_WITH_FAILURES, PAUSED, Campaign
 from chalicelib.realtime import LiveSink, broadcast
 from chalicelib.settings import Settings
+from chalicelib.shards import campaign_of, shard_index
 from chalicelib.stats import Applied, Transition
 from chalicelib.timeutil import now_iso
 
@@ -39,8 +40,10 @@ def transitions_from(records: Iterable[dict[str, Any]]) -> list[Transition]:
     for record in records:
         data = record.get("dynamodb") or {}
         keys = data.get("Keys") or {}
-        campaign = (keys.get("campaign_id") or {}).get("S")
-        if not campaign or "SequenceNumber" not in data:
+        # The partition key is the campaign's shard (chalicelib/shards.py): stream order, and
+        # so the aggregator's guard, holds per shard.
+        key = (keys.get("campaign_shard") or {}).get("S")
+        if not key or "SequenceNumber" not in data:
             continue
         if record.get("eventName") == "REMOVE":
             # A TTL expiry or a manual delete is no delivery outcome: the recipient
@@ -51,7 +54,8 @@ def transitions_from(records: Iterable[dict[str, Any]]) -> list[Transition]:
         new = _status(data.get("NewImage"))
         out.append(
             Transition(
-                campaign_id=campaign,
+                campaign_id=campaign_of(key),
+                shard=shard_index(key),
                 sequence=str(data["SequenceNumber"]),
                 old=old,
                 new=new,

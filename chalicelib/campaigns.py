@@ -41,11 +41,12 @@ from chalicelib.models import (
     Campaign,
     Recipient,
 )
-from chalicelib.pagination import decode_start_key, decode_walk, encode_token
-from chalicelib.recipients import RecipientStore, parse_history
+from chalicelib.pagination import SHARD, STEP, decode_shard_walk, decode_start_key, encode_token
+from chalicelib.recipients import RecipientStore, ShardCounts, new_recipient_item, parse_history
 from chalicelib.release import enqueue_release, queue_cancel_sweep
 from chalicelib.sender_domains import check_sender
 from chalicelib.settings import Settings
+from chalicelib.shards import partitions, recipient_partition, shard_count
 from chalicelib.suppressions import suppressed_among
 from chalicelib.timeutil import now_iso
 from chalicelib.validation import MAX_ROW_ERRORS, CampaignRequest, RecipientRow, check_sample_rows
@@ -75,17 +76,18 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
     else:
         initial = SCHEDULED if request.send_at else QUEUED
     waiting = initial == SCHEDULED
+    shards = shard_count(len(emails), settings.recipients_per_shard)
     campaign = _campaign_item(principal, request, campaign_id, initial, len(emails), created)
+    campaign.shards = shards
     recipients = [
-        Recipient(
+        new_recipient_item(
             campaign_id,
             row.email,
-            vars=row.vars or None,
-            status=SUPPRESSED if row.email in suppressed else PENDING,
-            attempts=0,
-            created_at=created,
-            updated_at=created,
-            last_reply="address is on the suppression list" if row.email in suppressed else None,
+            shards,
+            row.vars,
+            SUPPRESSED if row.email in suppressed else PENDING,
+            created,
+            reply="address is on the suppression list" if row.email in suppressed else None,
         )
         for row in request.recipients
     ]
@@ -102,9 +104,9 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
                 batch.save(recipient)
         campaign.save()
         if not waiting:
-            enqueue_release(campaign_id, to_send, settings)
+            enqueue_release(campaign_id, to_send, settings, shards=shards)
     except Exception:
-        _undo(campaign_id, emails, settings)
+        _undo(campaign_id, emails, shards, settings)
         raise
     return {
         "campaign_id": campaign_id,
@@ -178,6 +180,7 @@ def _create_in_background(principal: Principal, request: CampaignRequest, settin
         staged = audiences.staged_key(principal.tenant, campaign_id)
         audience = audiences.STAGED_PREFIX + staged
     campaign = _campaign_item(principal, request, campaign_id, initial, expected, created)
+    campaign.shards = shard_count(expected, settings.recipients_per_shard)
     campaign.audience = audience
     campaign.building = True
     campaign.fanout_page = 0
@@ -277,7 +280,7 @@ def _attributes(item: Campaign | Recipient) -> dict[str, Any]:
     return values
 
 
-def _undo(campaign_id: str, emails: list[str], settings: Settings) -> None:
+def _undo(campaign_id: str, emails: list[str], shards: int, settings: Settings) -> None:
     """Delete whatever a failed creation wrote; never hides the creation's own error.
 
     The campaign goes first: a release chunk that SQS accepted before the failure
@@ -290,7 +293,7 @@ def _undo(campaign_id: str, emails: list[str], settings: Settings) -> None:
         Campaign(campaign_id).delete()
         with Recipient.batch_write() as batch:
             for email in emails:
-                batch.delete(Recipient(campaign_id, email))
+                batch.delete(Recipient(recipient_partition(campaign_id, email, shards), email))
         aws_client("dynamodb", settings).delete_item(
             TableName=settings.table_name("stats"),
             Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": stats.TOTAL}},
@@ -387,34 +390,70 @@ def recipient_view(r: Recipient) -> dict[str, Any]:
 def list_recipients(
     campaign: Campaign, statuses: list[str] | None, limit: int, next_token: str | None
 ) -> dict[str, Any]:
-    """A page of recipients, optionally only those in the given states."""
+    """A page of recipients, optionally only those in the given states.
+
+    The campaign's recipients are on several partitions (chalicelib/shards.py): a page
+    walks them in order (status by status first, when filtered), and the ``next`` token
+    says where it stopped (``pagination.decode_shard_walk``). A page holds at most ``limit``.
+    """
     for status in statuses or []:
         if status not in RECIPIENT_STATES:
             raise InvalidCampaign([{"field": "status", "error": f"unknown status {status!r}"}])
-    partition = {"campaign_id": campaign.campaign_id}
+    keys = partitions(campaign.campaign_id, int(campaign.shards or 1))
     if not statuses:
-        start = decode_start_key(next_token, ("campaign_id", "email"), partition)
-        page = Recipient.query(campaign.campaign_id, limit=limit, last_evaluated_key=start)
-        items = [recipient_view(r) for r in page]
-        return {"recipients": items, "next": encode_token(page.last_evaluated_key)}
-    # Several states: walk them in order; the token remembers which state we are in.
-    state_index, start = decode_walk(next_token, ("campaign_id", "email", "status"), partition, statuses, "status")
+        _, shard, start = decode_shard_walk(next_token, RECIPIENT_KEY, "campaign_shard", keys)
+        return _walk(keys, [None], 0, shard, start, limit)
+    state_index, shard, start = decode_shard_walk(
+        next_token, RECIPIENT_STATUS_KEY, "campaign_shard", keys, statuses, "status"
+    )
+    return _walk(keys, list(statuses), state_index, shard, start, limit)
+
+
+RECIPIENT_KEY = ("campaign_shard", "email")
+RECIPIENT_STATUS_KEY = ("campaign_shard", "email", "status")
+
+
+def _walk(
+    keys: list[str],
+    statuses: list[str | None],
+    state_index: int,
+    shard: int,
+    start: dict[str, Any] | None,
+    limit: int,
+) -> dict[str, Any]:
+    """Query (status, partition) after (status, partition) from where a token left off, up to ``limit`` items."""
+    filtered = statuses != [None]
     items: list[dict[str, Any]] = []
     while state_index < len(statuses) and len(items) < limit:
-        page = Recipient.status_index.query(
-            campaign.campaign_id,
-            Recipient.status == statuses[state_index],
-            limit=limit - len(items),
-            last_evaluated_key=start or None,
-        )
+        status = statuses[state_index]
+        if status is None:
+            page = Recipient.query(keys[shard], limit=limit - len(items), last_evaluated_key=start or None)
+        else:
+            page = Recipient.status_index.query(
+                keys[shard], Recipient.status == status, limit=limit - len(items), last_evaluated_key=start or None
+            )
         items.extend(recipient_view(r) for r in page)
+        position = {SHARD: shard, **({STEP: state_index} if filtered else {})}
         if page.last_evaluated_key:
-            token = dict(page.last_evaluated_key, _state=state_index)
-            return {"recipients": items, "next": encode_token(token)}
-        state_index += 1
+            return {"recipients": items, "next": encode_token(dict(page.last_evaluated_key, **position))}
         start = None
-    next_key = {"_state": state_index} if state_index < len(statuses) else None
-    return {"recipients": items, "next": encode_token(next_key)}
+        shard += 1
+        if shard == len(keys):
+            shard, state_index = 0, state_index + 1
+    if state_index >= len(statuses):
+        return {"recipients": items, "next": None}
+    position = {SHARD: shard, **({STEP: state_index} if filtered else {})}
+    return {"recipients": items, "next": encode_token(position)}
+
+
+def open_recipients(campaign_id: str, shards: int, states: tuple[str, ...]) -> list[str]:
+    """Addresses of a campaign's recipients in any of ``states``, every partition's (status-index queries)."""
+    return [
+        r.email
+        for state in states
+        for key in partitions(campaign_id, shards)
+        for r in Recipient.status_index.query(key, Recipient.status == state)
+    ]
 
 
 def retry_failed(
@@ -429,14 +468,16 @@ def retry_failed(
     if campaign.status == CANCELLED:
         raise Conflict("a cancelled campaign sends nothing more")
     store = RecipientStore(settings)
+    shards = int(campaign.shards or 1)
     reopened = [
         r.email
-        for r in Recipient.status_index.query(campaign.campaign_id, Recipient.status == FAILED)
-        if store.reopen(campaign.campaign_id, r.email, from_states=(FAILED,))
+        for key in partitions(campaign.campaign_id, shards)
+        for r in Recipient.status_index.query(key, Recipient.status == FAILED)
+        if store.reopen(key, r.email, from_states=(FAILED,))
     ]
     if reopened:
         reopen_campaign(campaign.campaign_id)
-        enqueue_release(campaign.campaign_id, reopened, settings)
+        enqueue_release(campaign.campaign_id, reopened, settings, shards=shards)
         if on_reopened is not None:
             on_reopened(reopened)
     return {"campaign_id": campaign.campaign_id, "requeued": len(reopened)}
@@ -500,15 +541,14 @@ def resume(campaign: Campaign, settings: Settings) -> dict[str, Any]:
         # Its fan-out stopped (dead-lettered) or still runs: queue it from the page it got to. A
         # live one keeps its lease, and this job ends as a duplicate.
         fanout.queue_fanout(campaign.campaign_id, settings, page=int(campaign.fanout_page or 0))
-    open_emails = [
-        r.email
-        for state in (PENDING, DEFERRED)
-        for r in Recipient.status_index.query(campaign.campaign_id, Recipient.status == state)
-    ]
+    shards = int(campaign.shards or 1)
+    open_emails = open_recipients(campaign.campaign_id, shards, (PENDING, DEFERRED))
     if open_emails:
         # A warm sender may still hold the campaign as paused for CAMPAIGN_CACHE_S and
         # would acknowledge a job without sending it; the new jobs arrive after that.
-        enqueue_release(campaign.campaign_id, open_emails, settings, delay_s=math.ceil(CAMPAIGN_CACHE_S) + 1)
+        enqueue_release(
+            campaign.campaign_id, open_emails, settings, delay_s=math.ceil(CAMPAIGN_CACHE_S) + 1, shards=shards
+        )
     return {"campaign_id": campaign.campaign_id, "status": CAMPAIGN_SENDING, "requeued": len(open_emails)}
 
 
@@ -564,7 +604,7 @@ def cancel(campaign: Campaign, settings: Settings) -> dict[str, Any]:
                 raise Conflict(f"a {current} campaign cannot be cancelled") from exc
     # Also when repeated: a retry of a cancel whose sweep was never queued (a crash) queues it.
     stats.set_status(campaign.campaign_id, CANCELLED, settings)
-    queue_cancel_sweep(campaign.campaign_id, settings)
+    queue_cancel_sweep(campaign.campaign_id, settings, shards=int(campaign.shards or 1))
     return {"campaign_id": campaign.campaign_id, "status": CANCELLED}
 
 
@@ -626,15 +666,16 @@ def start_campaign(campaign_id: str, send_at: str, settings: Settings) -> bool:
     looks again): its pending recipients are not all there to be queued.
     """
     try:
-        if Campaign.get(campaign_id, consistent_read=True).building:
-            return False
+        campaign = Campaign.get(campaign_id, consistent_read=True)
     except Campaign.DoesNotExist:
+        return False  # deleted meanwhile: nothing to start
+    if campaign.building:
         return False
-    emails = [r.email for r in Recipient.status_index.query(campaign_id, Recipient.status == PENDING)]
+    emails = open_recipients(campaign_id, int(campaign.shards or 1), (PENDING,))
     if emails:
         # Shown on the release queue a little after the flip below, which the release
         # stage must see to release them (a chunk of a still-scheduled campaign is dropped).
-        enqueue_release(campaign_id, emails, settings, delay_s=START_DELAY_S)
+        enqueue_release(campaign_id, emails, settings, delay_s=START_DELAY_S, shards=shards)
     try:
         Campaign(campaign_id).update(
             actions=[

@@ -55,7 +55,7 @@ from chalicelib.errors import InvalidCampaign
 from chalicelib.models import FAILED, PENDING, DeadLetter, Recipient
 from chalicelib.pagination import decode_token, encode_token
 from chalicelib.queues import Queue
-from chalicelib.recipients import RecipientStore, current
+from chalicelib.recipients import RecipientStore, ShardCounts, current
 from chalicelib.release import enqueue_release
 from chalicelib.settings import Settings
 from chalicelib.timeutil import now_iso
@@ -176,22 +176,30 @@ class DynamoDeadLetterStore:
 
 
 class StoredRecipients:
-    """Recipient transitions on the recipients table."""
+    """Recipient transitions on the recipients table, each on the recipient's shard of its campaign.
+
+    A recipient whose campaign is gone has no partition to find it on: it reads as
+    missing and no transition applies (as for a recipient that is gone).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.store = RecipientStore(settings)
+        self.shard_counts = ShardCounts()  # each campaign read once per batch
 
     def current(self, campaign_id: str, email: str) -> Recipient | None:
         """A strongly consistent read."""
-        return current(campaign_id, email)
+        key = self.shard_counts.partition_of(campaign_id, email)
+        return None if key is None else current(key, email)
 
     def mark_failed(self, campaign_id: str, email: str, reason: str, only_token_of: str | None = None) -> bool:
         """See ``RecipientStore.mark_failed``."""
-        return self.store.mark_failed(campaign_id, email, reason, only_token_of=only_token_of)
+        key = self.shard_counts.partition_of(campaign_id, email)
+        return key is not None and self.store.mark_failed(key, email, reason, only_token_of=only_token_of)
 
     def reopen(self, campaign_id: str, email: str, from_states: tuple[str, ...]) -> bool:
         """See ``RecipientStore.reopen``."""
-        return self.store.reopen(campaign_id, email, from_states)
+        key = self.shard_counts.partition_of(campaign_id, email)
+        return key is not None and self.store.reopen(key, email, from_states)
 
 
 class StoredCampaigns:
@@ -200,6 +208,7 @@ class StoredCampaigns:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._owners = CampaignOwners()
+        self._shards = ShardCounts()
 
     def tenant_of(self, campaign_id: str) -> str | None:
         """The owner, read once per campaign per batch."""
@@ -208,7 +217,7 @@ class StoredCampaigns:
     def resend(self, campaign_id: str, emails: list[str]) -> None:
         """The campaign says ``sending`` again at once, then its recipients go to the release stage."""
         reopen_campaign(campaign_id)
-        enqueue_release(campaign_id, emails, self.settings)
+        enqueue_release(campaign_id, emails, self.settings, shards=self._shards.of(campaign_id) or 0)
 
 
 def letter_view(letter: DeadLetter) -> dict[str, Any]:

@@ -53,8 +53,10 @@ from chalicelib.models import (
     Recipient,
 )
 from chalicelib.queues import Queue
+from chalicelib.recipients import new_recipient_item
 from chalicelib.release import ChunkJob, enqueue_release
 from chalicelib.settings import Settings
+from chalicelib.shards import recipient_partition
 from chalicelib.suppressions import suppressed_among
 from chalicelib.timeutil import now_iso
 
@@ -117,22 +119,21 @@ def queue_fanout(campaign_id: str, settings: Settings, page: int = 0, delay_s: i
 
 
 def new_recipient(campaign: Campaign, email: str, variables: dict[str, Any], suppressed: bool, at: str) -> Recipient:
-    """A recipient item as creation writes it."""
-    return Recipient(
+    """A recipient item as creation writes it, keyed on its shard of the campaign."""
+    return new_recipient_item(
         campaign.campaign_id,
         email,
-        vars=variables or None,
-        status=SUPPRESSED if suppressed else PENDING,
-        attempts=0,
-        created_at=at,
-        updated_at=at,
-        last_reply="address is on the suppression list" if suppressed else None,
+        int(campaign.shards or 1),
+        variables,
+        SUPPRESSED if suppressed else PENDING,
+        at,
+        reply="address is on the suppression list" if suppressed else None,
     )
 
 
 def recipient_key(campaign: Campaign, email: str) -> tuple[str, str]:
     """The recipient's (hash, range) key."""
-    return (campaign.campaign_id, email)
+    return (recipient_partition(campaign.campaign_id, email, int(campaign.shards or 1)), email)
 
 
 class FanOut:

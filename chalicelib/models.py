@@ -93,6 +93,8 @@ class Campaign(Model):
     html = UnicodeAttribute(null=True)
     status = UnicodeAttribute(default=QUEUED)
     total = NumberAttribute(default=0)
+    # How many partition keys its recipients are spread over (chalicelib/shards.py); fixed at creation.
+    shards = NumberAttribute(default=1)
     duplicates_dropped = NumberAttribute(default=0)
     # Alert thresholds (None: the settings' defaults) and which alerts already fired.
     alert_bounce_rate = NumberAttribute(null=True)
@@ -125,24 +127,30 @@ class Campaign(Model):
 
 
 class RecipientStatusIndex(LocalSecondaryIndex["Recipient"]):
-    """Recipients of one campaign by status (for /recipients?status= and /failures)."""
+    """Recipients of one shard of a campaign by status (for /recipients?status= and /failures)."""
 
     class Meta:
         index_name = "status-index"
         projection = AllProjection()
 
-    campaign_id = UnicodeAttribute(hash_key=True)
+    campaign_shard = UnicodeAttribute(hash_key=True)
     status = UnicodeAttribute(range_key=True)
 
 
 class Recipient(Model):
-    """One recipient of one campaign and where its mail is in the state machine."""
+    """One recipient of one campaign and where its mail is in the state machine.
+
+    Keyed by ``campaign_shard`` (``<campaign_id>#<shard>``, chalicelib/shards.py), so a
+    large campaign's writes spread over several partition keys; build one with
+    ``recipients.new_recipient_item``.
+    """
 
     class Meta:
         table_name = "recipients"
 
-    campaign_id = UnicodeAttribute(hash_key=True)
+    campaign_shard = UnicodeAttribute(hash_key=True)
     email = UnicodeAttribute(range_key=True)
+    campaign_id = UnicodeAttribute()
     vars = JSONAttribute(null=True)
     status = UnicodeAttribute(default=PENDING)
     attempts = NumberAttribute(default=0)

@@ -25,6 +25,9 @@ MAX_KEY_BYTES = 1024
 # Where a listing walks several queries in turn (one per status), the token also
 # carries which of them it is in, under this name (never a DynamoDB attribute).
 STEP = "_state"
+# Where a listing walks a campaign's partitions in turn (chalicelib/shards.py), the token
+# carries which one it is in, under this name (never a DynamoDB attribute either).
+SHARD = "_shard"
 
 
 def _malformed() -> InvalidCampaign:
@@ -109,6 +112,45 @@ def decode_walk(
         return step, None
     key = _start_key(value, names, {**fixed, step_attribute: steps[step]})
     return step, key
+
+
+def _index(value: dict[str, Any], name: str, count: int) -> int:
+    """Pop a walk position from a token: an int in [0, count), else a 400 naming ``next``."""
+    index = value.pop(name, None)
+    # bool is an int in Python; a token is JSON, where true is not a number.
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+        raise _malformed()
+    return index
+
+
+def decode_shard_walk(
+    token: str | None,
+    names: Collection[str],
+    partition_attribute: str,
+    partitions: Sequence[str],
+    steps: Sequence[str] | None = None,
+    step_attribute: str = "",
+) -> tuple[int, int, dict[str, Any] | None]:
+    """Where a listing over a campaign's partitions resumes: (step index, shard index, start key or None).
+
+    The walk goes step by step (with ``steps``: one query per status), and within a step
+    shard by shard, in order. The token is ``{"_shard": k}`` (plus ``"_state": i`` with
+    steps) at the start of a shard, or a start key beside them in the middle of it; the
+    key's ``partition_attribute`` must then be shard ``k``'s partition and its
+    ``step_attribute`` step ``i``'s value, since DynamoDB refuses a start key outside the
+    query's key condition, and a key of another partition would read another campaign.
+    """
+    value = decode_token(token)
+    if value is None:
+        return 0, 0, None
+    step = _index(value, STEP, len(steps)) if steps is not None else 0
+    shard = _index(value, SHARD, len(partitions))
+    if not value:
+        return step, shard, None
+    fixed = {partition_attribute: partitions[shard]}
+    if steps is not None:
+        fixed[step_attribute] = steps[step]
+    return step, shard, _start_key(value, names, fixed)
 
 
 def parse_limit(raw: str | None) -> int:

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.clients import aws_client
-from chalicelib.models import CANCELLED, DEFERRED, FAILED, PENDING, SENDING, Recipient
+from chalicelib.models import CANCELLED, DEFERRED, FAILED, PENDING, SENDING, Campaign, Recipient
 from chalicelib.settings import Settings
+from chalicelib.shards import recipient_partition
 from chalicelib.timeutil import now_iso
 
 MAX_REPLY = 500
@@ -47,8 +48,64 @@ class Claimed:
     attempts: int
 
 
-def _key(campaign_id: str, email: str) -> dict[str, Any]:
-    return {"campaign_id": {"S": campaign_id}, "email": {"S": email}}
+def key(partition: str, email: str) -> dict[str, Any]:
+    """A recipient's DynamoDB key: its campaign's shard (``shards.partition``) and its address."""
+    return {"campaign_shard": {"S": partition}, "email": {"S": email}}
+
+
+def new_recipient_item(
+    campaign_id: str,
+    email: str,
+    shards: int,
+    vars: dict[str, Any] | None,
+    status: str,
+    created: str,
+    reply: str | None = None,
+) -> Recipient:
+    """A new recipient of a campaign spread over ``shards`` partitions, keyed on its shard, not yet saved."""
+    return Recipient(
+        recipient_partition(campaign_id, email, shards),
+        email,
+        campaign_id=campaign_id,
+        vars=vars or None,
+        status=status,
+        attempts=0,
+        created_at=created,
+        updated_at=created,
+        last_reply=reply,
+    )
+
+
+class ShardCounts:
+    """Campaign → how many partitions its recipients are on, each campaign read once per object.
+
+    The count never changes after creation, so a cached value cannot go stale; a
+    campaign that is gone (or not yet written) is None and is read again next time.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def remember(self, campaign_id: str, shards: int) -> None:
+        """Record a count learnt elsewhere (a campaign item already read, a job body)."""
+        if len(self._counts) > 10_000:
+            self._counts.clear()  # a long-lived container must not grow without bound
+        self._counts[campaign_id] = max(1, int(shards))
+
+    def of(self, campaign_id: str) -> int | None:
+        """The campaign's shard count, or None when the campaign is gone."""
+        if campaign_id not in self._counts:
+            try:
+                campaign = Campaign.get(campaign_id, attributes_to_get=["shards"])
+            except Campaign.DoesNotExist:
+                return None
+            self.remember(campaign_id, int(campaign.shards or 1))
+        return self._counts[campaign_id]
+
+    def partition_of(self, campaign_id: str, email: str) -> str | None:
+        """The partition key of one recipient, or None when its campaign is gone."""
+        shards = self.of(campaign_id)
+        return None if shards is None else recipient_partition(campaign_id, email, shards)
 
 
 def history_entry(at: str, status: str, reply: str | None) -> dict[str, Any]:
@@ -70,20 +127,20 @@ def parse_history(entries: list[str] | None) -> list[dict[str, str | None]]:
 
 
 class RecipientStore:
-    """Conditional writes on the recipients table."""
+    """Conditional writes on the recipients table, each on one recipient's key (its partition and address)."""
 
     def __init__(self, settings: Settings) -> None:
         self.client = aws_client("dynamodb", settings)
         self.table = settings.table_name("recipients")
         self._condition_failed = self.client.exceptions.ConditionalCheckFailedException
 
-    def claim(self, campaign_id: str, email: str, token: ClaimToken, now: float, lease_s: int) -> Claimed | None:
+    def claim(self, partition: str, email: str, token: ClaimToken, now: float, lease_s: int) -> Claimed | None:
         """Take the recipient for sending; None if it is not claimable right now."""
         at = now_iso(now)
         try:
             result = self.client.update_item(
                 TableName=self.table,
-                Key=_key(campaign_id, email),
+                Key=key(partition, email),
                 UpdateExpression=(
                     "SET #s = :sending, claim_token = :token, lease_until = :lease, updated_at = :at ADD attempts :one"
                 ),
@@ -112,7 +169,7 @@ class RecipientStore:
 
     def record_outcome(
         self,
-        campaign_id: str,
+        partition: str,
         email: str,
         token: ClaimToken,
         status: str,
@@ -154,7 +211,7 @@ class RecipientStore:
         try:
             self.client.update_item(
                 TableName=self.table,
-                Key=_key(campaign_id, email),
+                Key=key(partition, email),
                 UpdateExpression="SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
                 ConditionExpression="#s = :sending AND claim_token = :token",
                 ExpressionAttributeNames={"#s": "status"},
@@ -164,7 +221,7 @@ class RecipientStore:
             return False
         return True
 
-    def mark_failed(self, campaign_id: str, email: str, reason: str, only_token_of: str | None = None) -> bool:
+    def mark_failed(self, partition: str, email: str, reason: str, only_token_of: str | None = None) -> bool:
         """Dead-lettered: the job's receives are exhausted. Only an open recipient can fail.
 
         With ``only_token_of`` (a message id), only when that message holds or
@@ -189,7 +246,7 @@ class RecipientStore:
         try:
             self.client.update_item(
                 TableName=self.table,
-                Key=_key(campaign_id, email),
+                Key=key(partition, email),
                 UpdateExpression=(
                     "SET #s = :failed, last_reply = :reply, updated_at = :at, "
                     "history = list_append(if_not_exists(history, :empty), :entry) REMOVE lease_until"
@@ -202,7 +259,7 @@ class RecipientStore:
             return False
         return True
 
-    def cancel_open(self, campaign_id: str, email: str, now: float, reason: str = "campaign cancelled") -> bool:
+    def cancel_open(self, partition: str, email: str, now: float, reason: str = "campaign cancelled") -> bool:
         """End an open recipient ``cancelled``: pending or deferred, or sending with a lapsed lease.
 
         A live claim is left alone: its worker records the outcome it got (the mail may
@@ -212,7 +269,7 @@ class RecipientStore:
         try:
             self.client.update_item(
                 TableName=self.table,
-                Key=_key(campaign_id, email),
+                Key=key(partition, email),
                 UpdateExpression=(
                     "SET #s = :cancelled, last_reply = :reply, updated_at = :at, "
                     "history = list_append(if_not_exists(history, :empty), :entry) "
@@ -239,14 +296,14 @@ class RecipientStore:
             return False
         return True
 
-    def reopen(self, campaign_id: str, email: str, from_states: tuple[str, ...]) -> bool:
+    def reopen(self, partition: str, email: str, from_states: tuple[str, ...]) -> bool:
         """Move a recipient back to ``pending`` (retry, redrive) if it is in one of ``from_states``."""
         at = now_iso()
         names = {f":f{i}": {"S": s} for i, s in enumerate(from_states)}
         try:
             self.client.update_item(
                 TableName=self.table,
-                Key=_key(campaign_id, email),
+                Key=key(partition, email),
                 UpdateExpression=(
                     "SET #s = :pending, updated_at = :at, "
                     "history = list_append(if_not_exists(history, :empty), :entry) "
@@ -267,9 +324,9 @@ class RecipientStore:
         return True
 
 
-def current(campaign_id: str, email: str) -> Recipient | None:
-    """The recipient as stored now (strongly consistent), or None."""
+def current(partition: str, email: str) -> Recipient | None:
+    """The recipient on that partition (``shards.recipient_partition``) as stored now (strongly consistent), or None."""
     try:
-        return Recipient.get(campaign_id, email, consistent_read=True)
+        return Recipient.get(partition, email, consistent_read=True)
     except Recipient.DoesNotExist:
         return None

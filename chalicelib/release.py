@@ -61,8 +61,9 @@ from chalicelib.models import (
     Recipient,
 )
 from chalicelib.queues import SQS_BATCH, Queue
-from chalicelib.recipients import RecipientStore
+from chalicelib.recipients import RecipientStore, ShardCounts
 from chalicelib.settings import Settings
+from chalicelib.shards import MAX_SHARDS, partitions, recipient_partition, shard_of
 
 PACER_KEY = {"campaign_id": {"S": "_pacer"}, "bucket": {"S": "send"}}
 # SQS's longest DelaySeconds.
@@ -84,34 +85,49 @@ def tenant_pacer_key(tenant: str) -> dict[str, dict[str, str]]:
 
 @dataclass(frozen=True)
 class ChunkJob:
-    """Recipients of one campaign still to be released."""
+    """Recipients of one campaign still to be released.
+
+    ``shards`` is the campaign's partition count (body ``"n"``), so the release stage
+    keys each recipient's send job on its shard without reading the campaign: a chunk
+    spans every shard of its campaign, and one count is smaller than a shard per
+    address. 0 in a chunk queued before chunks carried it: the campaign item tells.
+    """
 
     campaign_id: str
     emails: tuple[str, ...]
     # A cancel sweep (no emails): end the campaign's open recipients ``cancelled``; the pass count.
     sweep: int = 0
+    shards: int = 0
 
     def to_body(self) -> dict[str, Any]:
         """The SQS message body."""
         body: dict[str, Any] = {"c": self.campaign_id, "e": list(self.emails)}
         if self.sweep:
             body["sweep"] = self.sweep
+        if self.shards:
+            body["n"] = self.shards
         return body
 
     @classmethod
     def from_json(cls, raw: str) -> ChunkJob:
         """Parse a release-queue message body."""
         body = json.loads(raw)
-        return cls(campaign_id=str(body["c"]), emails=tuple(body["e"]), sweep=int(body.get("sweep") or 0))
+        shards = body.get("n")
+        return cls(
+            campaign_id=str(body["c"]),
+            emails=tuple(body["e"]),
+            sweep=int(body.get("sweep") or 0),
+            shards=shards if isinstance(shards, int) and 0 < shards <= MAX_SHARDS else 0,
+        )
 
 
-def send_job_body(campaign_id: str, email: str) -> dict[str, str]:
-    """The body of one per-recipient job on the send queue."""
-    return {"c": campaign_id, "e": email}
+def send_job_body(campaign_id: str, email: str, shards: int = 1) -> dict[str, Any]:
+    """The body of one per-recipient job on the send queue: campaign, address and the address's shard."""
+    return {"c": campaign_id, "e": email, "s": shard_of(email, shards)}
 
 
 def release_schedule(
-    campaign_id: str, emails: list[str], settings: Settings, delay_s: int = 0
+    campaign_id: str, emails: list[str], settings: Settings, delay_s: int = 0, shards: int = 0
 ) -> list[tuple[int, dict[str, Any]]]:
     """A campaign's chunk jobs, each with the delay before it shows on the release queue.
 
@@ -125,14 +141,18 @@ def release_schedule(
     schedule = []
     for start in range(0, len(emails), size):
         lead = math.floor(start / rate) if rate else 0
-        body = ChunkJob(campaign_id, tuple(emails[start : start + size])).to_body()
+        body = ChunkJob(campaign_id, tuple(emails[start : start + size]), shards=shards).to_body()
         schedule.append((min(MAX_DELAY_S, delay_s + lead), body))
     return schedule
 
 
-def enqueue_release(campaign_id: str, emails: list[str], settings: Settings, delay_s: int = 0) -> int:
-    """Put a campaign's recipients on the release queue in staggered chunks; returns the chunk count."""
-    schedule = release_schedule(campaign_id, emails, settings, delay_s)
+def enqueue_release(campaign_id: str, emails: list[str], settings: Settings, delay_s: int = 0, shards: int = 0) -> int:
+    """Put a campaign's recipients on the release queue in staggered chunks; returns the chunk count.
+
+    ``shards`` is the campaign's partition count (``Campaign.shards``); 0 leaves it to the
+    release stage to read from the campaign.
+    """
+    schedule = release_schedule(campaign_id, emails, settings, delay_s, shards)
     queue = Queue(aws_client("sqs", settings), settings.release_queue_url)
     by_delay: dict[int, list[dict[str, Any]]] = {}
     for delay, body in schedule:
@@ -222,8 +242,11 @@ class Releaser:
         others_waiting: Callable[[], bool] = lambda: True,
         status_of: Callable[[str], str | None] | None = None,
         on_cancelled: Callable[[ChunkJob], object] = lambda job: None,
+        shards_of: Callable[[str], int] = lambda campaign_id: 1,
     ) -> None:
         self.is_paused = is_paused
+        # The campaign's partition count, for a chunk queued before chunks carried it.
+        self.shards_of = shards_of
         # The campaign's status (None: gone); without it, only ``is_paused`` is asked.
         self.status_of = status_of
         # What a sweep job, or a chunk of a cancelled campaign, does instead of releasing.
@@ -268,16 +291,19 @@ class Releaser:
             # the starter queues them again once the campaign is started. Gone: nothing to send.
             return 0
         tenant = self.tenant_of(job.campaign_id)
-        released, remainder, delay_s = self._release(job.campaign_id, tenant, list(job.emails))
+        shards = job.shards or self.shards_of(job.campaign_id)
+        released, remainder, delay_s = self._release(job.campaign_id, tenant, list(job.emails), shards)
         if remainder:
-            body = ChunkJob(job.campaign_id, tuple(remainder)).to_body()
+            body = ChunkJob(job.campaign_id, tuple(remainder), shards=shards).to_body()
             if delay_s:
                 self.release_queue.send_jobs([body], delay_s=delay_s)
             else:
                 self.release_queue.send_jobs([body])
         return released
 
-    def _release(self, campaign_id: str, tenant: str, remaining: list[str]) -> tuple[int, list[str], int]:
+    def _release(
+        self, campaign_id: str, tenant: str, remaining: list[str], shards: int = 1
+    ) -> tuple[int, list[str], int]:
         """Push ``remaining`` within the limits until done, out of time, or another chunk's turn.
 
         Returns (released, not released, seconds the rest must wait for its tenant's tokens).
@@ -320,7 +346,7 @@ class Releaser:
                     return released, remaining, min(MAX_DELAY_S, max(1, math.ceil(wait)))
                 if granted:
                     batch, remaining = remaining[:granted], remaining[granted:]
-                    self.send_queue.send_jobs([send_job_body(campaign_id, e) for e in batch])
+                    self.send_queue.send_jobs([send_job_body(campaign_id, e, shards) for e in batch])
                     released += granted
                     since_turn += granted
                     pushed_since = granted
@@ -360,6 +386,7 @@ class CampaignLookup:
 
     def __init__(self) -> None:
         self._tenants: dict[str, str] = {}
+        self.shard_counts = ShardCounts()
 
     def status(self, campaign_id: str) -> str | None:
         """The campaign's status now, or None when it is gone.
@@ -374,7 +401,12 @@ class CampaignLookup:
         if len(self._tenants) > 10_000:
             self._tenants.clear()  # a long-lived container must not grow without bound
         self._tenants[campaign_id] = campaign.tenant
+        self.shard_counts.remember(campaign_id, int(campaign.shards or 1))
         return campaign.status
+
+    def shards_of(self, campaign_id: str) -> int:
+        """The campaign's partition count (1 when it is gone: nothing is addressed then)."""
+        return self.shard_counts.of(campaign_id) or 1
 
     def is_paused(self, campaign_id: str) -> bool:
         """Paused, or gone (nothing to send for a campaign that is gone)."""
@@ -408,41 +440,55 @@ class CancelSweep:
         release_queue: Queue,
         clock: Callable[[], float] = time.time,
         page: int = SWEEP_PAGE,
+        shards_of: Callable[[str], int] = lambda campaign_id: 1,
     ) -> None:
         self.store = store
         self.release_queue = release_queue
         self.clock = clock
         self.page = page
+        # The campaign's partition count, for a job queued before jobs carried it.
+        self.shards_of = shards_of
 
     def handle(self, job: ChunkJob) -> int:
         """End the chunk's recipients (a chunk of a cancelled campaign) or run one sweep pass; returns how many."""
         now = self.clock()
-        ended = sum(1 for email in job.emails if self.store.cancel_open(job.campaign_id, email, now))
+        shards = job.shards or self.shards_of(job.campaign_id)
+        ended = sum(
+            1
+            for email in job.emails
+            if self.store.cancel_open(recipient_partition(job.campaign_id, email, shards), email, now)
+        )
         if job.sweep:
-            ended += self.sweep(job)
+            ended += self.sweep(ChunkJob(job.campaign_id, (), sweep=job.sweep, shards=shards))
         return ended
 
     def sweep(self, job: ChunkJob) -> int:
-        """One bounded pass; queues the next pass when one is needed."""
-        campaign_id = job.campaign_id
+        """One bounded pass over every shard of the campaign; queues the next pass when one is needed."""
+        keys = partitions(job.campaign_id, job.shards or self.shards_of(job.campaign_id))
         budget = self.page
         ended = 0
         for state in (PENDING, DEFERRED):
-            for recipient in Recipient.status_index.query(campaign_id, Recipient.status == state, limit=budget):
-                budget -= 1
-                ended += self.store.cancel_open(campaign_id, recipient.email, self.clock())
+            for key in keys:
+                if budget <= 0:
+                    break
+                for recipient in Recipient.status_index.query(key, Recipient.status == state, limit=budget):
+                    budget -= 1
+                    ended += self.store.cancel_open(key, recipient.email, self.clock())
             if budget <= 0:
                 self._again(job, 0)  # more may be left: straight on, as a new job
                 return ended
         live_until = 0.0
         looked_at = 0
-        for recipient in Recipient.status_index.query(campaign_id, Recipient.status == SENDING, limit=budget):
-            looked_at += 1
-            now = self.clock()
-            if recipient.lease_until is not None and recipient.lease_until >= now:
-                live_until = max(live_until, float(recipient.lease_until))
-            else:
-                ended += self.store.cancel_open(campaign_id, recipient.email, now)
+        for key in keys:
+            if looked_at >= budget:
+                break
+            for recipient in Recipient.status_index.query(key, Recipient.status == SENDING, limit=budget - looked_at):
+                looked_at += 1
+                now = self.clock()
+                if recipient.lease_until is not None and recipient.lease_until >= now:
+                    live_until = max(live_until, float(recipient.lease_until))
+                else:
+                    ended += self.store.cancel_open(key, recipient.email, now)
         if live_until:
             # Its worker records an outcome by then (a deferred one is ended by the next
             # pass), or its lease lapses and the next pass ends it.
@@ -454,14 +500,14 @@ class CancelSweep:
         return ended
 
     def _again(self, job: ChunkJob, delay_s: int) -> None:
-        body = ChunkJob(job.campaign_id, (), sweep=job.sweep + 1).to_body()
+        body = ChunkJob(job.campaign_id, (), sweep=job.sweep + 1, shards=job.shards).to_body()
         self.release_queue.send_jobs([body], delay_s=min(MAX_DELAY_S, max(0, delay_s)))
 
 
-def queue_cancel_sweep(campaign_id: str, settings: Settings) -> None:
+def queue_cancel_sweep(campaign_id: str, settings: Settings, shards: int = 0) -> None:
     """Start the sweep that ends a just-cancelled campaign's open recipients (CancelSweep)."""
     queue = Queue(aws_client("sqs", settings), settings.release_queue_url)
-    queue.send_jobs([ChunkJob(campaign_id, (), sweep=1).to_body()])
+    queue.send_jobs([ChunkJob(campaign_id, (), sweep=1, shards=shards).to_body()])
 
 
 def _tenant_pacers(client: Any, table: str, rate_per_s: float) -> Callable[[str], TokenSource]:
@@ -491,7 +537,8 @@ def build_releaser(settings: Settings) -> Releaser:
         settings.release_max_seconds,
         is_paused=lookup.is_paused,
         status_of=lookup.status,
-        on_cancelled=CancelSweep(RecipientStore(settings), release_queue).handle,
+        on_cancelled=CancelSweep(RecipientStore(settings), release_queue, shards_of=lookup.shards_of).handle,
+        shards_of=lookup.shards_of,
         workers=settings.release_concurrency,
         slice_size=settings.release_slice_size,
         tenant_of=lookup.tenant_of,

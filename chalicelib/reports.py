@@ -62,8 +62,10 @@ from chalicelib.engagement import AUTO_REPLIED, COMPLAINED, REPLIED, UNSUBSCRIBE
 from chalicelib.inbound import Inbound, read_inbound
 from chalicelib.mailbox_reader import ReportMailbox, open_mailbox
 from chalicelib.models import BOUNCED, DELIVERED, FAILED, SENT
-from chalicelib.recipients import history_entry
+from chalicelib.recipients import ShardCounts, history_entry
+from chalicelib.recipients import key as recipient_key
 from chalicelib.settings import Settings
+from chalicelib.shards import partitions, recipient_partition
 from chalicelib.suppressions import suppress
 from chalicelib.timeutil import now_iso
 
@@ -179,6 +181,7 @@ class ReportReader:
         self.time_budget_s = time_budget_s
         self._clock = clock
         self._owners = CampaignOwners()
+        self._shards = ShardCounts()
 
     def read(self, mailbox: ReportMailbox, limit: int = BATCH) -> dict[str, int]:
         """Process unread messages, oldest first, within one run's budget; returns what happened, by kind.
@@ -289,20 +292,32 @@ class ReportReader:
 
     def _recipient_where(self, campaign_id: str, condition: str, message_id: str) -> str | None:
         """The recipient whose stored Message-ID meets ``condition`` on ``:m`` (bounded: such mail is rare)."""
-        request: dict[str, Any] = {
-            "TableName": self.recipients_table,
-            "KeyConditionExpression": "campaign_id = :c",
-            "FilterExpression": condition,
-            "ProjectionExpression": "email",
-            "ExpressionAttributeValues": {":c": {"S": campaign_id}, ":m": {"S": message_id}},
-        }
-        for _ in range(MESSAGE_ID_PAGES):
-            response = self.client.query(**request)
-            for item in response.get("Items", []):
-                return item["email"]["S"]
-            if "LastEvaluatedKey" not in response:
-                return None
-            request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        # The address is what is unknown, so its shard is too: each partition of the campaign
+        # is queried in turn, all of them within the one MESSAGE_ID_PAGES budget.
+        shards = self._shards.of(campaign_id)
+        if shards is None:
+            return None
+        pages = 0
+        for key in partitions(campaign_id, shards):
+            request: dict[str, Any] = {
+                "TableName": self.recipients_table,
+                "KeyConditionExpression": "campaign_shard = :c",
+                "FilterExpression": condition,
+                "ProjectionExpression": "email",
+                "ExpressionAttributeValues": {":c": {"S": key}, ":m": {"S": message_id}},
+            }
+            while pages < MESSAGE_ID_PAGES:
+                pages += 1
+                response = self.client.query(**request)
+                for item in response.get("Items", []):
+                    return item["email"]["S"]
+                if "LastEvaluatedKey" not in response:
+                    break
+                request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+            else:
+                break
+        else:
+            return None
         logger.warning("recipient with %s not found in %d pages of %s", message_id, MESSAGE_ID_PAGES, campaign_id)
         return None
 
@@ -338,8 +353,13 @@ class ReportReader:
         """Current status of each named recipient that exists, read 100 keys per call (strongly consistent)."""
         unique = list(dict.fromkeys(emails))
         states: dict[str, str] = {}
+        shards = self._shards.of(campaign_id)
+        if shards is None:
+            return states  # the campaign is gone: none of its recipients is left to move
         for start in range(0, len(unique), BATCH_GET):
-            keys = [{"campaign_id": {"S": campaign_id}, "email": {"S": e}} for e in unique[start : start + BATCH_GET]]
+            keys = [
+                recipient_key(recipient_partition(campaign_id, e, shards), e) for e in unique[start : start + BATCH_GET]
+            ]
             request: dict[str, Any] = {
                 self.recipients_table: {
                     "Keys": keys,
@@ -396,7 +416,7 @@ class ReportReader:
         try:
             self.client.update_item(
                 TableName=self.recipients_table,
-                Key={"campaign_id": {"S": campaign_id}, "email": {"S": email}},
+                Key=recipient_key(recipient_partition(campaign_id, email, self._shards.of(campaign_id) or 1), email),
                 UpdateExpression=(
                     "SET #s = :to, last_reply = :reply, updated_at = :at, "
                     "history = list_append(if_not_exists(history, :empty), :entry)"

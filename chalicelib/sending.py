@@ -54,6 +54,7 @@ from chalicelib.rendering import (
     message_id,
 )
 from chalicelib.settings import Settings
+from chalicelib.shards import partition, shard_of
 from chalicelib.smtp import Envelope, Mailer
 from chalicelib.suppressions import suppress, suppressed_among
 
@@ -88,6 +89,7 @@ class CampaignView:
     templates: CampaignTemplates
     tenant: str
     status: str
+    shards: int = 1  # partitions its recipients are on (chalicelib/shards.py)
 
 
 class CampaignCache:
@@ -128,6 +130,7 @@ class CampaignCache:
                 ),
                 tenant=c.tenant,
                 status=c.status,
+                shards=int(c.shards or 1),
             )
         except Campaign.DoesNotExist:
             view = None
@@ -202,11 +205,13 @@ class Sender:
         return async_process_partial_response(event=event, record_handler=handle, processor=processor, context=context)
 
     @staticmethod
-    def _parse(record: dict[str, Any]) -> tuple[str, str] | None:
+    def _parse(record: dict[str, Any]) -> tuple[str, str, int | None] | None:
+        """(campaign, address, shard) of a job; the shard is None in a job queued before jobs carried it."""
         try:
             body = json.loads(record["body"])
-            return str(body["c"]), str(body["e"])
-        except (KeyError, TypeError, ValueError):
+            shard = body.get("s")
+            return str(body["c"]), str(body["e"]), shard if isinstance(shard, int) and shard >= 0 else None
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
     async def send_one(self, record: SQSRecord, suppressed: set[tuple[str, str]] | frozenset = frozenset()) -> None:
@@ -215,10 +220,14 @@ class Sender:
         if job is None:
             logger.error("dropping malformed send job %s", record.message_id)
             return
-        campaign_id, email = job
+        campaign_id, email, shard = job
         campaign = self.campaigns.get(campaign_id)
         if campaign is None:
             return  # the campaign is gone: nothing to send
+        if shard is None or shard >= campaign.shards:
+            # A job queued before jobs carried their shard: the campaign's count gives it.
+            shard = shard_of(email, campaign.shards)
+        key = partition(campaign_id, shard)
         if campaign.status == PAUSED:
             # Acknowledge without claiming: the recipient stays open and
             # resume re-releases every open recipient. Nothing is lost.
@@ -226,28 +235,26 @@ class Sender:
         if campaign.status == CANCELLED:
             # Never sent: the recipient ends cancelled (unless a live claim holds it, whose
             # worker records what it got). This job is done either way.
-            self.recipients.cancel_open(campaign_id, email, self.clock())
+            self.recipients.cancel_open(key, email, self.clock())
             return
         token = ClaimToken(record.message_id, int(record.attributes.approximate_receive_count or 1))
         now = self.clock()
-        claimed = self.recipients.claim(campaign_id, email, token, now, self.settings.claim_lease_s)
+        claimed = self.recipients.claim(key, email, token, now, self.settings.claim_lease_s)
         if claimed is None:
-            self._unclaimable(record, campaign_id, email, token, now)
+            self._unclaimable(record, key, email, token, now)
             return
         mid = message_id(campaign_id, email, self.settings.message_id_domain)
         if (campaign_id, email) in suppressed:
-            self.recipients.record_outcome(
-                campaign_id, email, token, SUPPRESSED, "address is on the suppression list", now=now
-            )
+            self.recipients.record_outcome(key, email, token, SUPPRESSED, "address is on the suppression list", now=now)
             return
         try:
             message = await self.render(campaign.templates, email, claimed.vars)
         except RenderBudgetExceeded as exc:
             reason = f"render budget exceeded in {exc.field or 'template'}: {exc}"
-            self.recipients.record_outcome(campaign_id, email, token, FAILED, reason, message_id=mid)
+            self.recipients.record_outcome(key, email, token, FAILED, reason, message_id=mid)
             return
         except TemplateError as exc:
-            self.recipients.record_outcome(campaign_id, email, token, FAILED, f"template error: {exc}", message_id=mid)
+            self.recipients.record_outcome(key, email, token, FAILED, f"template error: {exc}", message_id=mid)
             return
         envelope = Envelope(
             sender=self.settings.bounce_address, recipient=email, message=message, envelope_id=campaign_id
@@ -256,10 +263,10 @@ class Sender:
             reply = await asyncio.wrap_future(self.mailer.submit(envelope))
         except NotSendable as exc:
             # Our own refusal before any SMTP command: nothing the address did, so no suppression.
-            self.recipients.record_outcome(campaign_id, email, token, FAILED, str(exc), message_id=mid)
+            self.recipients.record_outcome(key, email, token, FAILED, str(exc), message_id=mid)
             return
         except PermanentDeliveryError as exc:
-            self.recipients.record_outcome(campaign_id, email, token, BOUNCED, str(exc), code=exc.code, message_id=mid)
+            self.recipients.record_outcome(key, email, token, BOUNCED, str(exc), code=exc.code, message_id=mid)
             suppress(campaign.tenant, email, f"bounced: {exc}", campaign_id)
             return
         except TemporaryDeliveryError as exc:
@@ -268,7 +275,7 @@ class Sender:
                 attempt, self.settings.retry_base_s, self.settings.retry_cap_s, exc.retry_after_s, self.rng
             )
             self.recipients.record_outcome(
-                campaign_id,
+                key,
                 email,
                 token,
                 DEFERRED,
@@ -279,7 +286,7 @@ class Sender:
             )
             self.send_queue.change_visibility(record.receipt_handle, delay)
             raise RetryLater(f"{email}: deferred {delay}s after attempt {attempt}: {exc}") from exc
-        if not self.recipients.record_outcome(campaign_id, email, token, SENT, reply, code=250, message_id=mid):
+        if not self.recipients.record_outcome(key, email, token, SENT, reply, code=250, message_id=mid):
             logger.warning("claim on %s/%s lost before recording sent", campaign_id, email)
 
     async def render(self, templates: CampaignTemplates, email: str, variables: dict[str, Any]) -> bytes:
@@ -299,9 +306,9 @@ class Sender:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(render_pool(), message_bytes, templates, email, variables, domain, budget)
 
-    def _unclaimable(self, record: SQSRecord, campaign_id: str, email: str, token: ClaimToken, now: float) -> None:
-        """Decide what a job whose recipient could not be claimed means."""
-        current = store.current(campaign_id, email)
+    def _unclaimable(self, record: SQSRecord, key: str, email: str, token: ClaimToken, now: float) -> None:
+        """Decide what a job whose recipient (on partition ``key``) could not be claimed means."""
+        current = store.current(key, email)
         if current is None or current.status in FINAL_STATES:
             return  # already done (a duplicate or redelivered job): acknowledge
         if current.status == SENDING:

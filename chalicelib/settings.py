@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
+from chalicelib.shards import RECIPIENTS_PER_SHARD
+
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
@@ -125,6 +127,10 @@ class Settings:
     # most this many a second per campaign (and at most 4x send_rate_per_s: no use writing far ahead).
     inline_recipients_max: int = 2_000
     fanout_rate_per_s: float = 2_000.0
+
+    # Recipients per partition key of the recipients table (chalicelib/shards.py): a campaign
+    # spreads over ceil(total / this) keys, at most shards.MAX_SHARDS. Small values in tests only.
+    recipients_per_shard: int = RECIPIENTS_PER_SHARD
 
     # Request limits.
     max_recipients: int = 50_000

@@ -2,8 +2,16 @@
 
 Counters are kept with the low-level client because their attribute names are
 dynamic (one per state, one per minute and state). Every batch from a stream is
-applied in one transaction, conditional on the last sequence number applied for
-that campaign, so a retried or duplicated batch changes nothing.
+applied in one transaction per campaign, so a retried or duplicated batch changes
+nothing: the totals row keeps, per partition of the campaign's recipients
+(chalicelib/shards.py), the last stream sequence number applied (``seq#<shard>``).
+Stream order holds per partition key only, so a batch's transitions are fresh
+shard by shard; the transaction sets every touched shard's watermark and is
+conditional on each still being what was read. It is also conditional on the
+row's revision (``rev``, one more per applied batch): shards of one campaign live
+in different stream shards, read by concurrent aggregators, and each derives the
+campaign's status from the counts it read, so two of them must never both apply
+on the same reading, or neither would see the last recipient become final.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ SERIES_STATES = ("sent", "delivered", "deferred", "bounced", "failed")
 SEQ_WIDTH = 48
 
 
+# The totals row's revision: one more per stream batch applied to it (see the module docstring).
+REVISION = "rev"
+
+
 @dataclass(frozen=True)
 class Transition:
     """One recipient status change read from the recipients stream."""
@@ -48,6 +60,12 @@ class Transition:
     old: str | None
     new: str | None
     at: float
+    shard: int = 0  # which partition of the campaign's recipients it happened on
+
+
+def watermark(shard: int) -> str:
+    """The totals row's attribute holding the last sequence applied from one shard."""
+    return f"seq#{shard}"
 
 
 def padded(sequence: str) -> str:
@@ -110,6 +128,7 @@ def count_fanout_page(campaign_id: str, page: int, written: int, suppressed: int
         ":p": {"N": str(written - suppressed)},
         ":s": {"N": str(suppressed)},
         ":next": {"N": str(page + 1)},
+        ":one": {"N": "1"},
     }
     if page == 0:
         condition = "attribute_not_exists(#fc)"
@@ -120,9 +139,16 @@ def count_fanout_page(campaign_id: str, page: int, written: int, suppressed: int
         client.update_item(
             TableName=_table(settings),
             Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
-            UpdateExpression="SET #fc = :next ADD #t :n, #pe :p, #su :s",
+            # A new revision: an aggregator that read the row before must read it again.
+            UpdateExpression="SET #fc = :next ADD #t :n, #pe :p, #su :s, #rev :one",
             ConditionExpression=f"attribute_exists(campaign_id) AND {condition}",
-            ExpressionAttributeNames={"#fc": FANOUT_COUNTED, "#t": "total", "#pe": PENDING, "#su": SUPPRESSED},
+            ExpressionAttributeNames={
+                "#fc": FANOUT_COUNTED,
+                "#t": "total",
+                "#pe": PENDING,
+                "#su": SUPPRESSED,
+                "#rev": REVISION,
+            },
             ExpressionAttributeValues=values,
         )
     except client.exceptions.ConditionalCheckFailedException:
@@ -141,7 +167,11 @@ def finish_building(campaign_id: str, settings: Settings) -> Applied | None:
     client = aws_client("dynamodb", settings)
     key = {"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}}
     client.update_item(
-        TableName=_table(settings), Key=key, UpdateExpression="REMOVE #b", ExpressionAttributeNames={"#b": BUILDING}
+        TableName=_table(settings),
+        Key=key,
+        UpdateExpression="REMOVE #b ADD #rev :one",
+        ExpressionAttributeNames={"#b": BUILDING, "#rev": REVISION},
+        ExpressionAttributeValues={":one": {"N": "1"}},
     )
     for _ in range(20):
         current = read_totals(campaign_id, settings)
@@ -157,13 +187,13 @@ def finish_building(campaign_id: str, settings: Settings) -> Applied | None:
             client.update_item(
                 TableName=_table(settings),
                 Key=key,
-                UpdateExpression="SET #st = :st",
-                ConditionExpression="#st = :prev AND #t = :total",
-                ExpressionAttributeNames={"#st": "status", "#t": "total"},
+                UpdateExpression="SET #st = :st ADD #rev :one",
+                ConditionExpression="#rev = :rev",
+                ExpressionAttributeNames={"#st": "status", "#rev": REVISION},
                 ExpressionAttributeValues={
                     ":st": {"S": status},
-                    ":prev": {"S": previous},
-                    ":total": {"N": str(total)},
+                    ":rev": {"N": str(current.get(REVISION, 0))},
+                    ":one": {"N": "1"},
                 },
             )
         except client.exceptions.ConditionalCheckFailedException:
@@ -191,10 +221,11 @@ def set_status(campaign_id: str, status: str, settings: Settings) -> None:
         client.update_item(
             TableName=_table(settings),
             Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
-            UpdateExpression="SET #st = :st",
+            # A new revision: an aggregator that read the row before this write re-reads it.
+            UpdateExpression="SET #st = :st ADD #rev :one",
             ConditionExpression="attribute_exists(campaign_id)",
-            ExpressionAttributeNames={"#st": "status"},
-            ExpressionAttributeValues={":st": {"S": status}},
+            ExpressionAttributeNames={"#st": "status", "#rev": REVISION},
+            ExpressionAttributeValues={":st": {"S": status}, ":one": {"N": "1"}},
         )
     except client.exceptions.ConditionalCheckFailedException:
         pass
@@ -321,14 +352,23 @@ def _apply_campaign(campaign_id: str, items: list[Transition], settings: Setting
     client = aws_client("dynamodb", settings)
     table = _table(settings)
     key = {"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}}
+    by_shard: dict[int, list[Transition]] = defaultdict(list)
+    for t in items:
+        by_shard[t.shard].append(t)
     for _ in range(20):
         current = read_totals(campaign_id, settings)
         if not current:
             return None  # a campaign we never created (or deleted): nothing to count
-        last = current.get("seq_recipients", "")
-        fresh = [t for t in items if padded(t.sequence) > last]
-        if not fresh:
+        # Per shard: what its watermark was, and its transitions past it.
+        marks = {shard: str(current.get(watermark(shard), "")) for shard in by_shard}
+        fresh_by_shard = {
+            shard: fresh
+            for shard, shard_items in sorted(by_shard.items())
+            if (fresh := [t for t in shard_items if padded(t.sequence) > marks[shard]])
+        }
+        if not fresh_by_shard:
             return None  # the whole batch was applied before: a retry
+        fresh = [t for shard_items in fresh_by_shard.values() for t in shard_items]
         deltas: Counter[str] = Counter()
         minutes: dict[str, Counter[str]] = defaultdict(Counter)
         for t in fresh:
@@ -344,34 +384,10 @@ def _apply_campaign(campaign_id: str, items: list[Transition], settings: Setting
         total = int(current.get("total", 0))
         previous_status = str(current.get("status", QUEUED))
         status = derive_status(counts, total, previous_status, building=bool(current.get(BUILDING)))
-        newest = max(padded(t.sequence) for t in fresh)
-        names = {"#seq": "seq_recipients", "#st": "status", "#u": "updated_at"}
         updated_at = now_iso()
-        values: dict[str, Any] = {":seq": {"S": newest}, ":st": {"S": status}, ":u": {"S": updated_at}}
-        adds = []
-        for i, (state, delta) in enumerate(sorted(deltas.items())):
-            if delta:
-                names[f"#c{i}"] = state
-                values[f":c{i}"] = {"N": str(delta)}
-                adds.append(f"#c{i} :c{i}")
-        expression = "SET #seq = :seq, #st = :st, #u = :u" + (" ADD " + ", ".join(adds) if adds else "")
-        if last:
-            condition = "#seq = :last"
-            values[":last"] = {"S": last}
-        else:
-            condition = "attribute_not_exists(#seq)"
-        ops: list[dict[str, Any]] = [
-            {
-                "Update": {
-                    "TableName": table,
-                    "Key": key,
-                    "UpdateExpression": expression,
-                    "ConditionExpression": condition,
-                    "ExpressionAttributeNames": names,
-                    "ExpressionAttributeValues": values,
-                }
-            }
-        ]
+        newest = {shard: max(padded(t.sequence) for t in ts) for shard, ts in fresh_by_shard.items()}
+        update = totals_update(newest, marks, deltas, status, updated_at, current.get(REVISION))
+        ops: list[dict[str, Any]] = [{"Update": {"TableName": table, "Key": key, **update}}]
         for minute, counter in sorted(minutes.items())[-90:]:
             m_names = {f"#m{j}": s for j, s in enumerate(counter)}
             m_values = {f":m{j}": {"N": str(n)} for j, n in enumerate(counter.values())}
@@ -389,7 +405,7 @@ def _apply_campaign(campaign_id: str, items: list[Transition], settings: Setting
         try:
             client.transact_write_items(TransactItems=ops)
         except client.exceptions.TransactionCanceledException:
-            continue  # another aggregator moved the sequence first: re-read and filter again
+            continue  # another aggregator applied a batch first: re-read and filter again
         latest_minute = max(minutes) if minutes else None
         return Applied(
             campaign_id=campaign_id,
@@ -402,6 +418,57 @@ def _apply_campaign(campaign_id: str, items: list[Transition], settings: Setting
             tenant=str(current.get("tenant", "")),
             minutes=tuple(sorted(minutes)),
             updated_at=updated_at,
-            engagement={k: v for k, v in current.items() if k not in RECIPIENT_STATES},
+            engagement={
+                k: v
+                for k, v in current.items()
+                if k not in RECIPIENT_STATES and k != REVISION and not k.startswith("seq#")
+            },
         )
     raise RuntimeError(f"could not apply stream batch for campaign {campaign_id}: too much contention")
+
+
+def totals_update(
+    newest: dict[int, str],
+    marks: dict[int, str],
+    deltas: dict[str, int],
+    status: str,
+    updated_at: str,
+    revision: Any,
+) -> dict[str, Any]:
+    """The totals row's Update of one batch: counters, status, every touched shard's watermark.
+
+    Conditional on each touched shard's watermark still being ``marks[shard]`` (absent when
+    empty) and on the row's revision still being ``revision`` (absent when None). One
+    expression carries up to MAX_SHARDS watermarks; tests/unit/test_shard_guard.py holds
+    it under DynamoDB's 4 KB expression limit.
+    """
+    names = {"#st": "status", "#u": "updated_at", "#rev": REVISION}
+    values: dict[str, Any] = {":st": {"S": status}, ":u": {"S": updated_at}, ":one": {"N": "1"}}
+    sets = ["#st = :st", "#u = :u"]
+    conditions = []
+    for shard, sequence in sorted(newest.items()):
+        names[f"#q{shard}"] = watermark(shard)
+        values[f":q{shard}"] = {"S": sequence}
+        sets.append(f"#q{shard} = :q{shard}")
+        if marks.get(shard):
+            values[f":w{shard}"] = {"S": marks[shard]}
+            conditions.append(f"#q{shard} = :w{shard}")
+        else:
+            conditions.append(f"attribute_not_exists(#q{shard})")
+    if revision is None:
+        conditions.append("attribute_not_exists(#rev)")
+    else:
+        values[":rev"] = {"N": str(revision)}
+        conditions.append("#rev = :rev")
+    adds = ["#rev :one"]
+    for i, (state, delta) in enumerate(sorted(deltas.items())):
+        if delta:
+            names[f"#c{i}"] = state
+            values[f":c{i}"] = {"N": str(delta)}
+            adds.append(f"#c{i} :c{i}")
+    return {
+        "UpdateExpression": "SET " + ", ".join(sets) + " ADD " + ", ".join(adds),
+        "ConditionExpression": " AND ".join(conditions),
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": values,
+    }

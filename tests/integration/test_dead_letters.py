@@ -11,6 +11,8 @@ import pytest
 
 from chalicelib import wiring
 from chalicelib.errors import TemporaryDeliveryError
+from chalicelib.recipients import ShardCounts
+from chalicelib.recipients import key as recipient_key
 from chalicelib.smtp import Envelope
 from infra.local.runtime import LocalRuntime
 from tests.support.api import Api, token
@@ -189,10 +191,11 @@ def test_two_concurrent_redrives_move_each_job_exactly_once(runtime: LocalRuntim
         assert runtime.emulator
         ddb = runtime.emulator.client("dynamodb")
         emails = [f"twice{i}@example.org" for i in range(n)]
+        shard_counts = ShardCounts()
         for email in emails:
             ddb.update_item(
                 TableName=physical(runtime, "RecipientsTable"),
-                Key={"campaign_id": {"S": campaign_id}, "email": {"S": email}},
+                Key=recipient_key(shard_counts.partition_of(campaign_id, email) or "", email),
                 UpdateExpression="SET #s = :failed",
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={":failed": {"S": "failed"}},

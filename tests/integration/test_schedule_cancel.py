@@ -17,7 +17,7 @@ import pytest
 
 from chalicelib import wiring
 from chalicelib.models import CAMPAIGN_CACHE_S, OPEN_STATES, RECIPIENT_STATES
-from chalicelib.recipients import RecipientStore
+from chalicelib.recipients import RecipientStore, ShardCounts
 from chalicelib.release import CancelSweep, ChunkJob
 from infra.local.runtime import LocalRuntime
 from tests.conftest import start_runtime
@@ -34,7 +34,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
     rt = start_runtime(
         tmp_path_factory.mktemp("schedule"),
         schedule_interval_s=3600.0,
-        settings_env={"SEND_RATE_PER_S": "20"},
+        # Two recipients per partition: every campaign here spans several (chalicelib/shards.py).
+        settings_env={"SEND_RATE_PER_S": "20", "RECIPIENTS_PER_SHARD": "2"},
         standin_env={"SMTP_STANDIN_DSN": "0"},
     )
     try:
@@ -199,7 +200,14 @@ def test_the_cancel_sweep_is_bounded_per_pass_and_goes_on_until_none_is_open(run
     api = Api(runtime.api_url, token("sweep"))
     campaign_id = api.create_campaign(5, prefix="swept", send_at=at(3600))["campaign_id"]
     queue = RecordingQueue()
-    sweep = CancelSweep(RecipientStore(wiring.settings()), queue, page=2)  # type: ignore[arg-type]
+    shard_counts = ShardCounts()
+    sweep = CancelSweep(
+        RecipientStore(wiring.settings()),
+        queue,  # type: ignore[arg-type]
+        page=2,
+        shards_of=lambda c: shard_counts.of(c) or 1,
+    )
+    assert shard_counts.of(campaign_id) == 3  # 5 recipients, 2 per partition
 
     job = ChunkJob(campaign_id, (), sweep=1)
     ended = []

@@ -47,7 +47,7 @@ def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
 
 def record(name: str, sequence: int, email: str, old: str | None, new: str | None) -> dict[str, Any]:
     """One recipients-stream record as Lambda hands it over."""
-    keys = {"campaign_id": {"S": CAMPAIGN}, "email": {"S": email}}
+    keys = {"campaign_shard": {"S": f"{CAMPAIGN}#0"}, "email": {"S": email}}
     data: dict[str, Any] = {
         "ApproximateCreationDateTime": 1764276660 + sequence,
         "Keys": keys,
@@ -56,9 +56,9 @@ def record(name: str, sequence: int, email: str, old: str | None, new: str | Non
         "StreamViewType": "NEW_AND_OLD_IMAGES",
     }
     if old is not None:
-        data["OldImage"] = {**keys, "status": {"S": old}}
+        data["OldImage"] = {**keys, "campaign_id": {"S": CAMPAIGN}, "status": {"S": old}}
     if new is not None:
-        data["NewImage"] = {**keys, "status": {"S": new}}
+        data["NewImage"] = {**keys, "campaign_id": {"S": CAMPAIGN}, "status": {"S": new}}
     return {
         "eventID": f"event-{sequence}",
         "eventName": name,

@@ -44,7 +44,7 @@ def test_fixture_has_lambdas_record_shape(records: list[dict[str, Any]]) -> None
         assert data["StreamViewType"] == "NEW_AND_OLD_IMAGES"
         assert isinstance(data["ApproximateCreationDateTime"], int)
         assert isinstance(data["SizeBytes"], int)
-        assert set(data["Keys"]) == {"campaign_id", "email"}
+        assert set(data["Keys"]) == {"campaign_shard", "email"}
         # INSERT carries no old image, REMOVE no new image, MODIFY both.
         assert ("OldImage" in data) == (record["eventName"] != "INSERT")
         assert ("NewImage" in data) == (record["eventName"] != "REMOVE")
@@ -108,7 +108,7 @@ def test_records_without_campaign_key_or_sequence_are_skipped(records: list[dict
     no_sequence = copy.deepcopy(records[0])
     del no_sequence["dynamodb"]["SequenceNumber"]
     no_campaign = copy.deepcopy(records[1])
-    del no_campaign["dynamodb"]["Keys"]["campaign_id"]
+    del no_campaign["dynamodb"]["Keys"]["campaign_shard"]
     no_data = {k: v for k, v in records[2].items() if k != "dynamodb"}
 
     assert transitions_from([no_sequence, no_campaign, no_data]) == []
