@@ -42,7 +42,7 @@ from chalicelib.models import (
     Recipient,
 )
 from chalicelib.pagination import SHARD, STEP, decode_shard_walk, decode_start_key, encode_token
-from chalicelib.recipients import RecipientStore, ShardCounts, new_recipient_item, parse_history
+from chalicelib.recipients import RecipientStore, new_recipient_item, parse_history
 from chalicelib.release import enqueue_release, queue_cancel_sweep
 from chalicelib.sender_domains import check_sender
 from chalicelib.settings import Settings
@@ -200,7 +200,7 @@ def _create_in_background(principal: Principal, request: CampaignRequest, settin
         campaign.save()
         fanout.queue_fanout(campaign_id, settings)
     except Exception:
-        _undo(campaign_id, [], settings)
+        _undo(campaign_id, [], 1, settings)
         raise
     return {
         "campaign_id": campaign_id,
@@ -671,7 +671,8 @@ def start_campaign(campaign_id: str, send_at: str, settings: Settings) -> bool:
         return False  # deleted meanwhile: nothing to start
     if campaign.building:
         return False
-    emails = open_recipients(campaign_id, int(campaign.shards or 1), (PENDING,))
+    shards = int(campaign.shards or 1)
+    emails = open_recipients(campaign_id, shards, (PENDING,))
     if emails:
         # Shown on the release queue a little after the flip below, which the release
         # stage must see to release them (a chunk of a still-scheduled campaign is dropped).

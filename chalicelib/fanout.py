@@ -215,7 +215,7 @@ class FanOut:
             # A scheduled campaign's recipients are released by the starter, which waits for
             # the fan-out to finish. A paused or cancelled campaign's chunks are held or ended
             # by the release stage, which reads the status for every chunk.
-            enqueue_release(campaign.campaign_id, to_send, self.settings)
+            enqueue_release(campaign.campaign_id, to_send, self.settings, shards=int(campaign.shards or 1))
 
     def _existing(self, campaign: Campaign, emails: list[str]) -> set[str]:
         """Which of the page's recipients a crashed earlier try already wrote."""
