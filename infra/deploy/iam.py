@@ -154,11 +154,15 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _on("queue:ReleaseQueue", "sqs:SendMessage"),  # what the time budget left, as a new chunk
         _on("queue:SendQueue", "sqs:GetQueueAttributes", "sqs:SendMessage"),  # depth; per-recipient jobs
         _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # the shared token bucket
-        _on("table:CampaignsTable", "dynamodb:GetItem"),  # paused, scheduled, cancelled?
+        # Paused, scheduled, cancelled? The fan-out's lease, cursor and end (UpdateItem).
+        _on("table:CampaignsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),
         # A cancelled campaign's chunk and its sweep: open recipients by status (the LSI), each
-        # ended with a conditional UpdateItem.
+        # ended with a conditional UpdateItem. The fan-out: which of a page exist (BatchGetItem),
+        # the rest written (BatchWriteItem).
         _on("index:RecipientsTable", "dynamodb:Query"),
-        _on("table:RecipientsTable", "dynamodb:UpdateItem"),
+        _on("table:RecipientsTable", "dynamodb:UpdateItem", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"),
+        _on("table:ContactsTable", "dynamodb:Query"),  # a list campaign's fan-out reads the list's contacts
+        _on("table:SuppressionsTable", "dynamodb:BatchGetItem"),  # which of a page are suppressed
     ),
     "send_mail": (
         LOGS,
