@@ -9,7 +9,7 @@ from chalice import AuthResponse, Chalice, Rate
 from chalicelib import api, campaigns, dead_letters, imports, realtime, reports, stream_failures, wiring
 from chalicelib.auth import bearer_token, verify_token
 from chalicelib.errors import Unauthorized
-from chalicelib.release import ChunkJob
+from chalicelib.fanout import FanOutJob, release_job
 from chalicelib.settings import get_settings
 from chalicelib.tracking import TrackingRequest
 
@@ -252,10 +252,13 @@ def websocket_disconnect(event: Any) -> None:
 
 @app.on_sqs_message(queue_arn=RELEASE_QUEUE, batch_size=1)
 def release_jobs(event: Any) -> None:
-    """Turn chunk jobs into paced per-recipient send jobs."""
-    releaser = wiring.releaser()
+    """Turn chunk jobs into paced per-recipient send jobs; write list campaigns' recipients (fan-out jobs)."""
     for record in event:
-        releaser.release_chunk(ChunkJob.from_json(record.body))
+        job = release_job(record.body)
+        if isinstance(job, FanOutJob):
+            wiring.fanout().run(job)
+        else:
+            wiring.releaser().release_chunk(job)
 
 
 @app.on_sqs_message(queue_arn=SEND_QUEUE, batch_size=10, maximum_batching_window_in_seconds=1)

@@ -11,9 +11,9 @@ from typing import Any
 from pynamodb.attributes import JSONAttribute
 from pynamodb.exceptions import UpdateError
 
-from chalicelib import engagement_stats, stats
+from chalicelib import audiences, engagement_stats, fanout, lists, stats
 from chalicelib.auth import Principal
-from chalicelib.clients import aws_client
+from chalicelib.clients import aws_client, s3_client
 from chalicelib.errors import Conflict, InvalidCampaign, NotFound
 from chalicelib.item_size import (
     CAMPAIGN_GROWTH_BYTES,
@@ -42,14 +42,14 @@ from chalicelib.models import (
     Recipient,
 )
 from chalicelib.pagination import SHARD, STEP, decode_shard_walk, decode_start_key, encode_token
-from chalicelib.recipients import RecipientStore, ShardCounts, new_recipient_item, parse_history
+from chalicelib.recipients import RecipientStore, new_recipient_item, parse_history
 from chalicelib.release import enqueue_release, queue_cancel_sweep
 from chalicelib.sender_domains import check_sender
 from chalicelib.settings import Settings
 from chalicelib.shards import partitions, recipient_partition, shard_count
 from chalicelib.suppressions import suppressed_among
 from chalicelib.timeutil import now_iso
-from chalicelib.validation import MAX_ROW_ERRORS, CampaignRequest
+from chalicelib.validation import MAX_ROW_ERRORS, CampaignRequest, RecipientRow, check_sample_rows
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
     written (``_undo``) before the error goes on to become a 500.
     """
     check_sender(principal.tenant, request.from_addr, settings)
+    if request.list_id is not None or len(request.recipients) > settings.inline_recipients_max:
+        return _create_in_background(principal, request, settings)
     campaign_id = uuid.uuid4().hex
     created = now_iso()
     emails = [row.email for row in request.recipients]
@@ -75,29 +77,8 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         initial = SCHEDULED if request.send_at else QUEUED
     waiting = initial == SCHEDULED
     shards = shard_count(len(emails), settings.recipients_per_shard)
-    campaign = Campaign(
-        campaign_id,
-        tenant=principal.tenant,
-        name=request.name,
-        from_addr=request.from_addr,
-        reply_to=request.reply_to,
-        subject=request.subject,
-        text=request.text,
-        html=request.html,
-        status=initial,
-        total=len(emails),
-        shards=shards,
-        duplicates_dropped=request.duplicates_dropped,
-        alert_bounce_rate=request.alerts.get("bounce_rate"),
-        alert_failure_rate=request.alerts.get("failure_rate"),
-        alert_min_sends=request.alerts.get("min_sends"),
-        track_opens=request.track_opens,
-        track_clicks=request.track_clicks,
-        created_at=created,
-        updated_at=created,
-        send_at=request.send_at,
-        schedule_key=SCHEDULE_KEY if waiting else None,
-    )
+    campaign = _campaign_item(principal, request, campaign_id, initial, len(emails), created)
+    campaign.shards = shards
     recipients = [
         new_recipient_item(
             campaign_id,
@@ -135,6 +116,112 @@ def create_campaign(principal: Principal, request: CampaignRequest, settings: Se
         "duplicates_dropped": request.duplicates_dropped,
         "total": len(emails),
         "send_at": request.send_at,
+        "creation": None,
+    }
+
+
+def _campaign_item(
+    principal: Principal, request: CampaignRequest, campaign_id: str, status: str, total: int, created: str
+) -> Campaign:
+    return Campaign(
+        campaign_id,
+        tenant=principal.tenant,
+        name=request.name,
+        from_addr=request.from_addr,
+        reply_to=request.reply_to,
+        subject=request.subject,
+        text=request.text,
+        html=request.html,
+        status=status,
+        total=total,
+        duplicates_dropped=request.duplicates_dropped,
+        alert_bounce_rate=request.alerts.get("bounce_rate"),
+        alert_failure_rate=request.alerts.get("failure_rate"),
+        alert_min_sends=request.alerts.get("min_sends"),
+        track_opens=request.track_opens,
+        track_clicks=request.track_clicks,
+        created_at=created,
+        updated_at=created,
+        send_at=request.send_at,
+        schedule_key=SCHEDULE_KEY if status == SCHEDULED else None,
+    )
+
+
+# Contacts of a list rendered at creation (one Query): a template needing a column the list lacks is a 400.
+LIST_SAMPLE = 20
+
+
+def _create_in_background(principal: Principal, request: CampaignRequest, settings: Settings) -> dict[str, Any]:
+    """Create a campaign whose recipients a background fan-out writes (chalicelib/fanout.py).
+
+    The POST writes a bounded number of items whatever the audience's size: the
+    campaign, its totals row, and for inline recipients one S3 object (the rows, as
+    validated). Release starts with the fan-out's first page.
+    """
+    campaign_id = uuid.uuid4().hex
+    created = now_iso()
+    initial = SCHEDULED if request.send_at else QUEUED
+    staged = None
+    if request.list_id is not None:
+        try:
+            contact_list = lists.get_list(principal.tenant, request.list_id)
+        except NotFound as exc:  # the body names a list that is not the caller's: the field is wrong
+            raise InvalidCampaign([{"field": "list_id", "error": "no such list"}]) from exc
+        expected = int(contact_list.count or 0)
+        if expected == 0:
+            raise InvalidCampaign([{"field": "list_id", "error": "the list has no contacts"}])
+        sample = audiences.ListAudience(request.list_id).page(None, LIST_SAMPLE)[0]
+        check_sample_rows(
+            request, [RecipientRow(email, variables, row) for row, (email, variables) in enumerate(sample)]
+        )
+        audience = audiences.LIST_PREFIX + request.list_id
+    else:
+        expected = len(request.recipients)
+        staged = audiences.staged_key(principal.tenant, campaign_id)
+        audience = audiences.STAGED_PREFIX + staged
+    campaign = _campaign_item(principal, request, campaign_id, initial, expected, created)
+    campaign.shards = shard_count(expected, settings.recipients_per_shard)
+    campaign.audience = audience
+    campaign.building = True
+    campaign.fanout_page = 0
+    campaign.fanout_written = 0
+    campaign.fanout_expected = expected
+    recipients = [fanout.new_recipient(campaign, row.email, row.vars, False, created) for row in request.recipients]
+    check_sizes(campaign, recipients, request)
+    try:
+        if staged is not None:
+            s3_client(settings).put_object(
+                Bucket=settings.imports_bucket,
+                Key=staged,
+                Body=audiences.staged_rows([(row.email, row.vars) for row in request.recipients]),
+                ContentType="application/x-ndjson",
+            )
+        stats.init_campaign(campaign_id, principal.tenant, 0, settings, status=initial, building=True)
+        campaign.save()
+        fanout.queue_fanout(campaign_id, settings)
+    except Exception:
+        _undo(campaign_id, [], 1, settings)
+        raise
+    return {
+        "campaign_id": campaign_id,
+        "status": initial,
+        "queued": 0,
+        "suppressed": 0,
+        "duplicates_dropped": request.duplicates_dropped,
+        "total": expected,
+        "send_at": request.send_at,
+        "creation": creation_view(campaign),
+    }
+
+
+def creation_view(campaign: Campaign) -> dict[str, Any] | None:
+    """Progress of a background fan-out (None for a campaign written inline)."""
+    if campaign.audience is None:
+        return None
+    return {
+        "state": "building" if campaign.building else "done",
+        "written": int(campaign.fanout_written or 0),
+        "expected": int(campaign.fanout_expected or 0),
     }
 
 
@@ -258,6 +345,7 @@ def describe(campaign: Campaign, settings: Settings) -> dict[str, Any]:
         "created_at": campaign.created_at,
         "updated_at": campaign.updated_at,
         "send_at": campaign.send_at,
+        "creation": creation_view(campaign),
     }
 
 
@@ -449,6 +537,10 @@ def resume(campaign: Campaign, settings: Settings) -> dict[str, Any]:
         if exc.cause_response_code != "ConditionalCheckFailedException":
             raise
         raise Conflict(f"a {campaign.status} campaign cannot be resumed") from exc
+    if campaign.building:
+        # Its fan-out stopped (dead-lettered) or still runs: queue it from the page it got to. A
+        # live one keeps its lease, and this job ends as a duplicate.
+        fanout.queue_fanout(campaign.campaign_id, settings, page=int(campaign.fanout_page or 0))
     shards = int(campaign.shards or 1)
     open_emails = open_recipients(campaign.campaign_id, shards, (PENDING, DEFERRED))
     if open_emails:
@@ -568,10 +660,18 @@ def start_due(settings: Settings, now: float | None = None) -> list[str]:
 
 
 def start_campaign(campaign_id: str, send_at: str, settings: Settings) -> bool:
-    """Queue a due campaign's pending recipients and mark it started; False if it was no longer due."""
-    shards = ShardCounts().of(campaign_id)
-    if shards is None:
+    """Queue a due campaign's pending recipients and mark it started; False if it was no longer due.
+
+    A campaign whose fan-out still writes recipients is not started yet (the next run
+    looks again): its pending recipients are not all there to be queued.
+    """
+    try:
+        campaign = Campaign.get(campaign_id, consistent_read=True)
+    except Campaign.DoesNotExist:
         return False  # deleted meanwhile: nothing to start
+    if campaign.building:
+        return False
+    shards = int(campaign.shards or 1)
     emails = open_recipients(campaign_id, shards, (PENDING,))
     if emails:
         # Shown on the release queue a little after the flip below, which the release

@@ -48,6 +48,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pynamodb.exceptions import DeleteError, PutError
 
+from chalicelib import fanout
 from chalicelib.campaigns import CampaignOwners, reopen_campaign
 from chalicelib.clients import aws_client, ensure_models
 from chalicelib.errors import InvalidCampaign
@@ -55,7 +56,7 @@ from chalicelib.models import FAILED, PENDING, DeadLetter, Recipient
 from chalicelib.pagination import decode_token, encode_token
 from chalicelib.queues import Queue
 from chalicelib.recipients import RecipientStore, ShardCounts, current
-from chalicelib.release import ChunkJob, enqueue_release
+from chalicelib.release import enqueue_release
 from chalicelib.settings import Settings
 from chalicelib.timeutil import now_iso
 
@@ -299,15 +300,19 @@ class DeadLetters:
 
     def record_release_chunk(self, record: SQSRecord) -> None:
         """One dead-lettered chunk: its still-pending recipients fail and are parked; raises to be retried."""
+        receives = (record.raw_event.get("attributes") or {}).get("ApproximateReceiveCount", "?")
         try:
-            chunk = ChunkJob.from_json(record.body)
+            job = fanout.release_job(record.body)
+            if isinstance(job, fanout.FanOutJob):
+                fanout.fail_creation(job.campaign_id, f"the fan-out job was dead-lettered after {receives} receive(s)")
+                return
+            chunk = job
         except (KeyError, TypeError, ValueError):
             logger.error(
                 "unreadable dead-lettered chunk %s dropped: %r", record.message_id, record.raw_event.get("body")
             )
             return
         tenant = self.campaigns.tenant_of(chunk.campaign_id)
-        receives = (record.raw_event.get("attributes") or {}).get("ApproximateReceiveCount", "?")
         reason = f"{RELEASE_FAILED}: the chunk was dead-lettered after {receives} receive(s)"
         for email in chunk.emails:
             before = self.recipients.current(chunk.campaign_id, email)

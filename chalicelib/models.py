@@ -111,6 +111,17 @@ class Campaign(Model):
     # order); ``schedule_key`` is set only while it waits (ScheduledIndex).
     send_at = UnicodeAttribute(null=True)
     schedule_key = UnicodeAttribute(null=True)
+    # Recipients written in the background (chalicelib/fanout.py): where they come from
+    # ("list:<list_id>" or "staged:<object key>"), whether the fan-out still runs, how far it got.
+    audience = UnicodeAttribute(null=True)
+    building = BooleanAttribute(null=True)
+    fanout_page = NumberAttribute(null=True)  # pages written; the next job's page number
+    fanout_cursor = JSONAttribute(null=True)  # where the next page starts in the source (None: at the start)
+    fanout_written = NumberAttribute(null=True)  # recipients written so far
+    fanout_expected = NumberAttribute(null=True)  # the source's size when the campaign was created
+    fanout_owner = UnicodeAttribute(null=True)  # the invocation holding the fan-out's lease
+    fanout_lease_until = NumberAttribute(null=True)  # epoch seconds
+    fanout_at = NumberAttribute(null=True)  # epoch seconds of the last page written
     tenant_index = TenantCreatedIndex()
     scheduled_index = ScheduledIndex()
 

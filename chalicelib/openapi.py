@@ -118,7 +118,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "subject": {"type": "string", "minLength": 1, "maxLength": MAX_SUBJECT, "description": "A template"},
             "text": {"type": "string", "description": "A template; text or html is required"},
             "html": {"type": "string", "description": "A template"},
-            "recipients": {"type": "array", "minItems": 1, "items": ref("Recipient")},
+            "recipients": {
+                "type": "array",
+                "minItems": 1,
+                "items": ref("Recipient"),
+                "description": "Inline recipients; recipients or list_id is required",
+            },
+            "list_id": {"type": "string", "minLength": 1, "maxLength": 64, "description": "Send to a contact list"},
             "alerts": ref("Alerts"),
             "track_opens": {"type": "boolean", "default": True, "description": "A 1x1 open pixel in html parts"},
             "track_clicks": {
@@ -128,7 +134,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
             "send_at": SEND_AT,
         },
-        required=["name", "from", "subject", "recipients"],
+        required=["name", "from", "subject"],
+    ),
+    "Creation": obj(
+        {
+            "state": {"type": "string", "enum": ["building", "done"]},
+            "written": {**COUNT, "description": "Recipients written so far by the background fan-out"},
+            "expected": {**COUNT, "description": "The audience's size when the campaign was created"},
+        },
+        description="Progress of the background fan-out that writes a large campaign's recipients",
     ),
     "CampaignCreated": obj(
         {
@@ -139,6 +153,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "duplicates_dropped": COUNT,
             "total": COUNT,
             "send_at": nullable({**TIMESTAMP, "description": "When it starts (UTC); null: at once"}),
+            "creation": nullable(ref("Creation")),
         }
     ),
     "Campaign": obj(
@@ -154,6 +169,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "created_at": TIMESTAMP,
             "updated_at": nullable(TIMESTAMP),
             "send_at": nullable({**TIMESTAMP, "description": "When it starts or started (UTC); null: at once"}),
+            "creation": nullable(ref("Creation")),
         }
     ),
     "CampaignPage": obj(

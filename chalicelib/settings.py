@@ -139,6 +139,12 @@ class Settings:
     retry_cap_s: float = 3600.0
     max_receive_count: int = 8
 
+    # Background fan-out (chalicelib/fanout.py): a POST with more inline recipients than this, or
+    # with a list_id, writes only the campaign; the fan-out writes the recipients afterwards, at
+    # most this many a second per campaign (and at most 4x send_rate_per_s: no use writing far ahead).
+    inline_recipients_max: int = 2_000
+    fanout_rate_per_s: float = 2_000.0
+
     # Recipients per partition key of the recipients table (chalicelib/shards.py): a campaign
     # spreads over ceil(total / this) keys, at most shards.MAX_SHARDS. Small values in tests only.
     recipients_per_shard: int = RECIPIENTS_PER_SHARD

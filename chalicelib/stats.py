@@ -78,26 +78,137 @@ def _table(settings: Settings) -> str:
 
 
 def init_campaign(
-    campaign_id: str, tenant: str, total: int, settings: Settings, suppressed: int = 0, status: str = QUEUED
+    campaign_id: str,
+    tenant: str,
+    total: int,
+    settings: Settings,
+    suppressed: int = 0,
+    status: str = QUEUED,
+    building: bool = False,
 ) -> None:
     """Create the campaign's totals row before any recipient exists, already counting them.
 
     Recipients are only ever inserted here, as ``pending`` or ``suppressed``, so
     their stream INSERTs need no counting: the counts are right from the first
-    GET, and the aggregator skips a creation's whole backlog of INSERTs.
+    GET, and the aggregator skips a creation's whole backlog of INSERTs. A campaign
+    whose recipients a background fan-out writes starts ``building`` with no
+    recipients: each page adds its own (``count_fanout_page``), and the campaign
+    cannot be done before the flag is gone (``finish_building``).
     """
-    aws_client("dynamodb", settings).put_item(
+    item = {
+        "campaign_id": {"S": campaign_id},
+        "bucket": {"S": TOTAL},
+        "tenant": {"S": tenant},
+        "total": {"N": str(total)},
+        PENDING: {"N": str(total - suppressed)},
+        SUPPRESSED: {"N": str(suppressed)},
+        "status": {"S": status},
+    }
+    if building:
+        item[BUILDING] = {"S": "yes"}  # a string: every number on the row is read as a counter
+    aws_client("dynamodb", settings).put_item(TableName=_table(settings), Item=item)
+
+
+# On the totals row while a background fan-out is still writing the campaign's recipients.
+BUILDING = "building"
+# The fan-out pages already counted on the totals row: a page retried after a crash is counted once.
+FANOUT_COUNTED = "fanout_counted"
+
+
+def count_fanout_page(campaign_id: str, page: int, written: int, suppressed: int, settings: Settings) -> bool:
+    """Add one fan-out page's recipients to the totals row, once per page; False if it was counted before.
+
+    Runs before the page's recipients are written, like ``init_campaign`` for an
+    inline campaign, so no transition of theirs is ever counted against a row that
+    does not know them yet.
+    """
+    client = aws_client("dynamodb", settings)
+    values: dict[str, Any] = {
+        ":n": {"N": str(written)},
+        ":p": {"N": str(written - suppressed)},
+        ":s": {"N": str(suppressed)},
+        ":next": {"N": str(page + 1)},
+        ":one": {"N": "1"},
+    }
+    if page == 0:
+        condition = "attribute_not_exists(#fc)"
+    else:
+        condition = "#fc = :page"
+        values[":page"] = {"N": str(page)}
+    try:
+        client.update_item(
+            TableName=_table(settings),
+            Key={"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}},
+            # A new revision: an aggregator that read the row before must read it again.
+            UpdateExpression="SET #fc = :next ADD #t :n, #pe :p, #su :s, #rev :one",
+            ConditionExpression=f"attribute_exists(campaign_id) AND {condition}",
+            ExpressionAttributeNames={
+                "#fc": FANOUT_COUNTED,
+                "#t": "total",
+                "#pe": PENDING,
+                "#su": SUPPRESSED,
+                "#rev": REVISION,
+            },
+            ExpressionAttributeValues=values,
+        )
+    except client.exceptions.ConditionalCheckFailedException:
+        return False
+    return True
+
+
+def finish_building(campaign_id: str, settings: Settings) -> Applied | None:
+    """The fan-out wrote the last recipient: drop the flag, then derive the status as the aggregator would.
+
+    Every recipient may already be final by now (all suppressed, or sent while later
+    pages were written), and then no stream record will ever come to finish the
+    campaign, so the status is derived here. Conditional on the counters read, so a
+    concurrent aggregator batch makes this re-read rather than write a stale status.
+    """
+    client = aws_client("dynamodb", settings)
+    key = {"campaign_id": {"S": campaign_id}, "bucket": {"S": TOTAL}}
+    client.update_item(
         TableName=_table(settings),
-        Item={
-            "campaign_id": {"S": campaign_id},
-            "bucket": {"S": TOTAL},
-            "tenant": {"S": tenant},
-            "total": {"N": str(total)},
-            PENDING: {"N": str(total - suppressed)},
-            SUPPRESSED: {"N": str(suppressed)},
-            "status": {"S": status},
-        },
+        Key=key,
+        UpdateExpression="REMOVE #b ADD #rev :one",
+        ExpressionAttributeNames={"#b": BUILDING, "#rev": REVISION},
+        ExpressionAttributeValues={":one": {"N": "1"}},
     )
+    for _ in range(20):
+        current = read_totals(campaign_id, settings)
+        if not current:
+            return None
+        counts = {s: int(current.get(s, 0)) for s in RECIPIENT_STATES}
+        total = int(current.get("total", 0))
+        previous = str(current.get("status", QUEUED))
+        status = derive_status(counts, total, previous)
+        if status == previous:
+            return None
+        try:
+            client.update_item(
+                TableName=_table(settings),
+                Key=key,
+                UpdateExpression="SET #st = :st ADD #rev :one",
+                ConditionExpression="#rev = :rev",
+                ExpressionAttributeNames={"#st": "status", "#rev": REVISION},
+                ExpressionAttributeValues={
+                    ":st": {"S": status},
+                    ":rev": {"N": str(current.get(REVISION, 0))},
+                    ":one": {"N": "1"},
+                },
+            )
+        except client.exceptions.ConditionalCheckFailedException:
+            continue
+        return Applied(
+            campaign_id=campaign_id,
+            counts=counts,
+            total=total,
+            status=status,
+            previous_status=previous,
+            minute=None,
+            minute_counts={},
+            tenant=str(current.get("tenant", "")),
+        )
+    return None
 
 
 def set_status(campaign_id: str, status: str, settings: Settings) -> None:
@@ -178,19 +289,21 @@ def read_minutes(campaign_id: str, minutes: list[str] | tuple[str, ...], setting
     return [{"minute": m, **{s: int(by_minute.get(m, {}).get(s, 0)) for s in SERIES_STATES}} for m in sorted(minutes)]
 
 
-def derive_status(counts: dict[str, int], total: int, current: str) -> str:
+def derive_status(counts: dict[str, int], total: int, current: str, building: bool = False) -> str:
     """The campaign status its counters imply.
 
     Done only when every recipient is final; ``completed_with_failures`` when any
     bounced or failed. A paused campaign stays paused until it is done or resumed.
     A cancelled campaign stays cancelled, whatever its recipients do; a scheduled one
     stays scheduled until something moves (its starter writes the campaign item only).
+    While ``building`` (a fan-out still writes recipients) it is never done: the last
+    recipient may not exist yet.
     """
     if current == CANCELLED:
         return CANCELLED
     open_count = sum(counts.get(s, 0) for s in OPEN_STATES)
     accounted = sum(counts.get(s, 0) for s in RECIPIENT_STATES)
-    if accounted >= total and open_count == 0:
+    if accounted >= total and open_count == 0 and not building:
         failed = counts.get(BOUNCED, 0) + counts.get(FAILED, 0)
         return COMPLETED_WITH_FAILURES if failed else COMPLETED
     if current == PAUSED:
@@ -270,7 +383,7 @@ def _apply_campaign(campaign_id: str, items: list[Transition], settings: Setting
         counts = {s: int(current.get(s, 0)) + deltas.get(s, 0) for s in RECIPIENT_STATES}
         total = int(current.get("total", 0))
         previous_status = str(current.get("status", QUEUED))
-        status = derive_status(counts, total, previous_status)
+        status = derive_status(counts, total, previous_status, building=bool(current.get(BUILDING)))
         updated_at = now_iso()
         newest = {shard: max(padded(t.sequence) for t in ts) for shard, ts in fresh_by_shard.items()}
         update = totals_update(newest, marks, deltas, status, updated_at, current.get(REVISION))

@@ -66,6 +66,7 @@ class CampaignRequest:
     track_opens: bool = True  # the 1x1 open pixel in html parts
     track_clicks: bool = True  # links rewritten to click-tracking URLs
     send_at: str | None = None  # UTC, the now_iso format; None: start at once
+    list_id: str | None = None  # the contact list to send to, in place of inline recipients
 
 
 def normalize_address(raw: str, allow_special_use_domains: bool = False, allow_smtputf8: bool = True) -> str:
@@ -180,7 +181,11 @@ def parse_campaign_request(
     track_opens = _flag(body, "track_opens", errors)
     track_clicks = _flag(body, "track_clicks", errors)
     send_at = _send_at(body.get("send_at"), errors, time.time() if now is None else now)
-    rows, duplicates = _parse_recipients(body.get("recipients"), max_recipients, errors, allow_special_use_domains)
+    list_id = _list_id(body, errors)
+    rows: list[RecipientRow] = []
+    duplicates = 0
+    if list_id is None:
+        rows, duplicates = _parse_recipients(body.get("recipients"), max_recipients, errors, allow_special_use_domains)
     if not template_errors:
         _check_variables(rows, names, {"subject": subject, **bodies}, errors, render_budget or RenderBudget())
     if errors:
@@ -198,7 +203,43 @@ def parse_campaign_request(
         track_opens=track_opens,
         track_clicks=track_clicks,
         send_at=send_at,
+        list_id=list_id,
     )
+
+
+MAX_LIST_ID = 64
+
+
+def _list_id(body: dict, errors: list[dict]) -> str | None:
+    """``list_id``, the alternative to ``recipients``: exactly one of the two."""
+    value = body.get("list_id")
+    if value is None:
+        return None
+    if "recipients" in body:
+        errors.append({"field": "list_id", "error": "give recipients or list_id, not both"})
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_LIST_ID:
+        errors.append(
+            {"field": "list_id", "error": f"must be a list id (a string of at most {MAX_LIST_ID} characters)"}
+        )
+        return None
+    return value
+
+
+def check_sample_rows(request: CampaignRequest, rows: list[RecipientRow], budget: RenderBudget | None = None) -> None:
+    """Render the templates for sample rows of a list (a 400 naming the field, row and variable).
+
+    A list campaign's contacts are read by the fan-out, after the POST; the first
+    contacts are rendered here so a template needing a column the list lacks is
+    refused at once instead of failing every recipient later.
+    """
+    sources = {"subject": request.subject, "text": request.text, "html": request.html}
+    template_errors, names = compile_errors(sources)
+    errors: list[dict] = list(template_errors)
+    if not template_errors:
+        _check_variables(rows, names, sources, errors, budget or RenderBudget())
+    if errors:
+        raise InvalidCampaign(errors[: MAX_ROW_ERRORS + 20])
 
 
 def parse_send_at(value: Any, now: float) -> str:

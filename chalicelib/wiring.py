@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from chalicelib import audiences
 from chalicelib.aggregation import Aggregator
 from chalicelib.clients import aws_client, ensure_models, s3_client
+from chalicelib.fanout import FanOut
 from chalicelib.imports import Importer
 from chalicelib.queues import Queue
 from chalicelib.realtime import ConnectionsApi, LiveSink
@@ -62,6 +64,12 @@ def tracking() -> TrackingRoutes:
     """The unsubscribe, open-pixel and click routes of this container (campaign links cached)."""
     s = settings()
     return _cached("tracking", lambda: TrackingRoutes(s, StoredCampaigns()))
+
+
+def fanout() -> FanOut:
+    """The background fan-out of list and large inline campaigns (runs on the release queue)."""
+    s = settings()
+    return _cached("fanout", lambda: FanOut(s, lambda campaign: audiences.source_for(campaign, s, s3_client(s))))
 
 
 def releaser() -> Releaser:

@@ -15,6 +15,8 @@ Resource keys (logical ids are those of infra/resources.yaml):
 - ``stream:<LogicalId>``: that table's stream.
 - ``queue:<LogicalId>`` and ``topic:<LogicalId>``: an SQS queue, an SNS topic.
 - ``uploads:<LogicalId>``: the objects under ``imports/`` in that S3 bucket (the CSV uploads).
+- ``staged:<LogicalId>``: the objects under ``staged/`` in that bucket (large inline recipient
+  lists, written by POST /campaigns and read by the fan-out: chalicelib/audiences.py).
 - ``connections``: ``POST @connections`` on this stage of this app's WebSocket API.
 - ``logs``: the function's own log group (``policy_document`` passes it on as
   ``logs:<function>``, since the name depends on the function).
@@ -141,6 +143,7 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         # POST /lists/{id}/imports: the waiting import (conditional put); GET: one, or the latest few.
         _on("table:ImportsTable", "dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:Query"),
         _on("uploads:ImportsBucket", "s3:PutObject"),  # the presigned upload URL is signed as this function
+        _on("staged:ImportsBucket", "s3:PutObject"),  # a large inline recipient list, for the fan-out
     ),
     "websocket_connect": (
         LOGS,
@@ -164,11 +167,16 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         _on("queue:ReleaseQueue", "sqs:SendMessage"),  # what the time budget left, as a new chunk
         _on("queue:SendQueue", "sqs:GetQueueAttributes", "sqs:SendMessage"),  # depth; per-recipient jobs
         _on("table:StatsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # the shared token bucket
-        _on("table:CampaignsTable", "dynamodb:GetItem"),  # paused, scheduled, cancelled?
+        # Paused, scheduled, cancelled? The fan-out's lease, cursor and end (UpdateItem).
+        _on("table:CampaignsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),
         # A cancelled campaign's chunk and its sweep: open recipients by status (the LSI), each
-        # ended with a conditional UpdateItem.
+        # ended with a conditional UpdateItem. The fan-out: which of a page exist (BatchGetItem),
+        # the rest written (BatchWriteItem).
         _on("index:RecipientsTable", "dynamodb:Query"),
-        _on("table:RecipientsTable", "dynamodb:UpdateItem"),
+        _on("table:RecipientsTable", "dynamodb:UpdateItem", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem"),
+        _on("table:ContactsTable", "dynamodb:Query"),  # a list campaign's fan-out reads the list's contacts
+        _on("staged:ImportsBucket", "s3:GetObject"),  # a large inline campaign's rows, by ranged GETs
+        _on("table:SuppressionsTable", "dynamodb:BatchGetItem"),  # which of a page are suppressed
     ),
     "send_mail": (
         LOGS,
@@ -289,7 +297,7 @@ def role_logical_id(function: str) -> str:
 
 def _split(key: str) -> tuple[str, str]:
     kind, _, name = key.partition(":")
-    if kind in ("table", "index", "stream", "queue", "topic", "logs", "uploads") and not name:
+    if kind in ("table", "index", "stream", "queue", "topic", "logs", "uploads", "staged") and not name:
         raise ValueError(f"resource key {key!r} names no resource")
     return kind, name
 
@@ -301,8 +309,10 @@ _SERVICE_OF = {
     "queue": "sqs",
     "topic": "sns",
     "uploads": "s3",
+    "staged": "s3",
 }
 UPLOADS_PREFIX = "imports/"  # chalicelib/imports.py PREFIX: the only keys the functions touch
+STAGED_PREFIX = "staged/"  # chalicelib/audiences.py staged_key
 
 
 @dataclass(frozen=True)
@@ -350,6 +360,8 @@ class LiteralArns:
             raise ValueError(f"resource key {key!r} needs a {_SERVICE_OF[kind]} ARN, got {arn!r}")
         if kind == "uploads":
             return f"{arn}/{UPLOADS_PREFIX}*"
+        if kind == "staged":
+            return f"{arn}/{STAGED_PREFIX}*"
         return f"{arn}/index/*" if kind == "index" else arn
 
 
@@ -385,6 +397,8 @@ class TemplateArns:
             return {"Fn::GetAtt": [name, "StreamArn"]}
         if kind == "uploads":
             return {"Fn::Sub": "${" + name + ".Arn}/" + UPLOADS_PREFIX + "*"}
+        if kind == "staged":
+            return {"Fn::Sub": "${" + name + ".Arn}/" + STAGED_PREFIX + "*"}
         if kind == "topic":
             return {"Ref": name}  # a topic's Ref is its ARN
         raise ValueError(f"unknown resource key {key!r}")

@@ -334,6 +334,8 @@ def resource_key(arns: LiteralArns, arn: str) -> str:
     for logical, known in arns.arns.items():
         if known.startswith("arn:aws:s3:::") and arn.startswith(f"{known}/imports/"):
             return f"uploads:{logical}"
+        if known.startswith("arn:aws:s3:::") and arn.startswith(f"{known}/staged/"):
+            return f"staged:{logical}"
         if arn == known:
             kind = {"dynamodb": "table", "sqs": "queue", "sns": "topic"}[known.split(":")[2]]
             return f"{kind}:{logical}"
