@@ -142,6 +142,7 @@ def test_grants_name_only_resources_of_the_stack_and_precise_actions() -> None:
         "queue": "AWS::SQS::Queue",
         "topic": "AWS::SNS::Topic",
         "uploads": "AWS::S3::Bucket",
+        "staged": "AWS::S3::Bucket",
     }
     for function, grants in FUNCTION_GRANTS.items():
         for grant in grants:
@@ -168,6 +169,7 @@ def test_no_policy_has_a_wildcard_action_another_stage_or_a_foreign_resource() -
     indexes = {f"{arns[f'{t}Table']}/index/*" for t in TABLES}
     exact.discard(arns["ImportsBucket"])  # never the bucket itself: only its uploads
     uploads = f"{arns['ImportsBucket']}/imports/*"
+    staged = f"{arns['ImportsBucket']}/staged/*"
     connections = f"arn:aws:execute-api:{REGION}:{ACCOUNT}:{API_ID}/{STAGE}/POST/@connections/*"
     other_stages = set(stack_arns("prod")[0].values())
     for function in FUNCTION_GRANTS:
@@ -178,9 +180,9 @@ def test_no_policy_has_a_wildcard_action_another_stage_or_a_foreign_resource() -
         for action, resource in granted(function, resolver):
             assert "*" not in action, (function, action)
             assert not action.startswith("ssm:"), (function, action)
-            assert resource in exact | indexes | {connections, own_logs, uploads}, (function, action, resource)
+            assert resource in exact | indexes | {connections, own_logs, uploads, staged}, (function, action, resource)
             if action.startswith("s3:"):
-                assert resource == uploads, (function, action)
+                assert resource in (uploads, staged), (function, action)
             assert "mailpipe-*" not in resource and resource not in other_stages
             if "@connections" in resource or action.startswith("execute-api:"):
                 assert (action, resource) == ("execute-api:ManageConnections", connections), function
@@ -326,15 +328,19 @@ def test_resolvers_refuse_what_they_cannot_name() -> None:
 
 
 def test_only_the_api_signs_uploads_and_only_the_importer_reads_them() -> None:
-    uploads = f"{stack_arns(STAGE)[0]['ImportsBucket']}/imports/*"
+    bucket = stack_arns(STAGE)[0]["ImportsBucket"]
+    uploads, staged = f"{bucket}/imports/*", f"{bucket}/staged/*"
     s3_grants = {
-        function: {action for action, resource in granted(function, literal()) if action.startswith("s3:")}
+        function: {(action, resource) for action, resource in granted(function, literal()) if action.startswith("s3:")}
         for function in FUNCTION_GRANTS
     }
 
+    # The API signs uploads and stages large inline lists; the importer reads uploads, the
+    # release function (the fan-out) reads staged lists; nothing else touches the bucket.
     assert {f: a for f, a in s3_grants.items() if a} == {
-        "api_handler": {"s3:PutObject"},
-        "import_contacts": {"s3:GetObject"},
+        "api_handler": {("s3:PutObject", uploads), ("s3:PutObject", staged)},
+        "import_contacts": {("s3:GetObject", uploads)},
+        "release_jobs": {("s3:GetObject", staged)},
     }
     assert ("s3:GetObject", uploads) in granted("import_contacts", literal())
     template = granted("import_contacts", TemplateArns(stage=STAGE, app_name="mailpipe"))

@@ -153,8 +153,8 @@ def test_the_imports_bucket_is_private_encrypted_expiring_and_notifies_the_impor
     assert bucket["DependsOn"] == "ImportsQueuePolicy"  # S3 checks it may send before it accepts the config
     assert all(props["PublicAccessBlockConfiguration"].values())
     assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
-    (rule,) = props["LifecycleConfiguration"]["Rules"]
-    assert rule["Prefix"] == "imports/" and rule["ExpirationInDays"] == 7
+    expiry = {rule["Prefix"]: rule["ExpirationInDays"] for rule in props["LifecycleConfiguration"]["Rules"]}
+    assert expiry == {"imports/": 7, "staged/": 30}  # staged: large inline lists waiting for their fan-out
     (cors,) = props["CorsConfiguration"]["CorsRules"]
     assert cors["AllowedMethods"] == ["PUT"]
     (notification,) = props["NotificationConfiguration"]["QueueConfigurations"]
