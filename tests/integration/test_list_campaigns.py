@@ -78,7 +78,15 @@ def test_a_20000_row_csv_list_is_imported_then_mailed_to_completion_each_once(ru
     list_id = import_csv(api, 20_000)
     imported_s = time.monotonic() - started
     status, contact_list = api.call("GET", f"/lists/{list_id}")
-    assert status == 200 and contact_list["count"] == 20_000, contact_list
+    assert status == 200 and contact_list["count"] == 20_000 and contact_list["columns"] == ["name"], contact_list
+    latest = contact_list["imports"][0]
+    assert (latest["status"], latest["rows"], latest["imported"], latest["added"], latest["progress"]) == (
+        "completed",
+        20_000,
+        20_000,
+        20_000,
+        1.0,
+    )
 
     posted = time.monotonic()
     status, created = api.call("POST", "/campaigns", campaign_body(list_id=list_id))
