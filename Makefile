@@ -5,7 +5,7 @@ CHECKOV_VENV := .venv-checkov
 MINISTACK_VENV := .venv-ministack
 PY := $(VENV)/bin/python
 
-.PHONY: install run test unit integration e2e demo bench bench-tracking bench-imports token lint package deploy destroy browser checkov clean
+.PHONY: install run test unit integration e2e demo bench bench-tracking bench-imports bench-audiences token lint package deploy destroy browser checkov clean
 
 install: $(VENV)/.installed $(MINISTACK_VENV)/.installed
 
@@ -64,6 +64,11 @@ bench-tracking: install
 # A 100,000-row CSV through the presigned URL: rows/s, peak memory, and the raw BatchWriteItem ceiling.
 bench-imports: install
 	$(PY) -m bench.imports --n $(or $(N),100000)
+
+# Big lists: a 100,000-row import, POST /campaigns accept time for a 1,000 and a 100,000 list, the
+# fan-out rate against its raw ceiling, the send queue's greatest depth, the runtime's peak memory.
+bench-audiences: install
+	$(PY) -m bench.audiences --n $(or $(N),100000)
 
 token: install
 	@$(PY) -m infra.local token --tenant $(or $(TENANT),demo)

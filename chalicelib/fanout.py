@@ -19,8 +19,10 @@ the page number, existing recipients are skipped (never overwritten: one may be
 claimed or sent. An invocation holds a lease on the campaign's fan-out while it
 works, so a duplicated job never writes alongside it.
 
-Bounded: one invocation works for ``release_max_seconds`` at most, then queues the
-next job, delayed so that the campaign's recipients are written no faster than
+Bounded and fair: one invocation works for ``fanout_turn_s`` (2 s) at most, then
+queues the next job at the back of the release queue, so release chunks of other
+campaigns waiting there get their turn on the release workers in between; the next
+job is delayed so that the campaign's recipients are written no faster than
 ``fanout_rate_per_s``. The campaign stays ``building`` (shown by GET, with the
 written count) until the last page; it cannot be completed before that.
 """
@@ -171,7 +173,7 @@ class FanOut:
             return 0
         source = self.source_for(campaign)
         started = self.clock()
-        deadline = started + self.settings.release_max_seconds
+        deadline = started + min(self.settings.release_max_seconds, self.settings.fanout_turn_s)
         page, cursor = done_pages, campaign.fanout_cursor
         written = 0
         while True:
@@ -179,9 +181,10 @@ class FanOut:
             if rows:
                 self._write_page(campaign, page, rows)
             written += len(rows)
-            self._advance(campaign, page, next_cursor, len(rows), owner)
+            status = self._advance(campaign, page, next_cursor, len(rows), owner)
             page, cursor = page + 1, next_cursor
-            if next_cursor is None:
+            if next_cursor is None or status == CANCELLED:
+                # Cancelled meanwhile: no more pages; the cancel sweep ends what was written.
                 self._finish(campaign, owner)
                 return written
             if self.clock() >= deadline:
@@ -203,8 +206,10 @@ class FanOut:
     def _write_page(self, campaign: Campaign, page: int, rows: list[AudienceRow]) -> None:
         emails = [email for email, _ in rows]
         suppressed = suppressed_among(campaign.tenant, emails)
-        stats.count_fanout_page(campaign.campaign_id, page, len(rows), len(suppressed), self.settings)
-        existing = self._existing(campaign, emails)
+        first_try = stats.count_fanout_page(campaign.campaign_id, page, len(rows), len(suppressed), self.settings)
+        # Counted before: an earlier try of this page got as far as its writes, and any
+        # recipient it wrote may have moved on since. On a first try there is none to look up.
+        existing = set() if first_try else self._existing(campaign, emails)
         at = now_iso()
         with Recipient.batch_write() as batch:
             for email, variables in rows:
@@ -240,10 +245,14 @@ class FanOut:
             return False
         return True
 
-    def _advance(self, campaign: Campaign, page: int, cursor: Any, written: int, owner: str) -> None:
-        """Record the page as written; renews the lease. Raises if the lease was lost (the job is retried)."""
+    def _advance(self, campaign: Campaign, page: int, cursor: Any, written: int, owner: str) -> str:
+        """Record the page as written and renew the lease; returns the campaign's status now.
+
+        Raises if the lease was lost (the job is retried).
+        """
         now = self.clock()
-        Campaign(campaign.campaign_id).update(
+        current = Campaign(campaign.campaign_id)
+        current.update(
             actions=[
                 Campaign.fanout_page.set(page + 1),
                 Campaign.fanout_cursor.set(cursor) if cursor is not None else Campaign.fanout_cursor.remove(),
@@ -253,6 +262,7 @@ class FanOut:
             ],
             condition=(Campaign.fanout_owner == owner) & (Campaign.fanout_page == page),
         )
+        return str(current.status)  # pynamodb reads the item back (ALL_NEW) into ``current``
 
     def _release_lease(self, campaign: Campaign, owner: str) -> None:
         try:

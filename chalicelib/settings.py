@@ -144,6 +144,9 @@ class Settings:
     # most this many a second per campaign (and at most 4x send_rate_per_s: no use writing far ahead).
     inline_recipients_max: int = 2_000
     fanout_rate_per_s: float = 2_000.0
+    # One fan-out invocation's turn on a release worker, in seconds: then the rest goes to the back
+    # of the release queue, behind the chunks other campaigns have waiting there.
+    fanout_turn_s: float = 2.0
 
     # Recipients per partition key of the recipients table (chalicelib/shards.py): a campaign
     # spreads over ceil(total / this) keys, at most shards.MAX_SHARDS. Small values in tests only.

@@ -21,7 +21,7 @@ from moto import mock_aws
 from chalicelib import stats
 from chalicelib.clients import ensure_models
 from chalicelib.fanout import LEASE_S, FanOut, FanOutJob, recipient_key, release_job
-from chalicelib.models import COMPLETED, PENDING, QUEUED, SENT, SUPPRESSED, Campaign, Recipient
+from chalicelib.models import CANCELLED, COMPLETED, PENDING, QUEUED, SENT, SUPPRESSED, Campaign, Recipient
 from chalicelib.release import ChunkJob
 from chalicelib.settings import Settings
 from chalicelib.suppressions import suppress
@@ -63,10 +63,10 @@ class CrashAfterWriting(FanOut):
 
     crash_at = 1
 
-    def _advance(self, campaign: Campaign, page: int, cursor: Any, written: int, owner: str) -> None:
+    def _advance(self, campaign: Campaign, page: int, cursor: Any, written: int, owner: str) -> str:
         if page == self.crash_at:
             raise RuntimeError("the function timed out")
-        super()._advance(campaign, page, cursor, written, owner)
+        return super()._advance(campaign, page, cursor, written, owner)
 
 
 @pytest.fixture
@@ -232,3 +232,27 @@ def test_a_job_lost_after_a_recorded_page_is_queued_again_only_when_stalled(sett
     clock.now += LEASE_S + 1
     fan_out.run(FanOutJob(CAMPAIGN, 0))  # the redelivered job after the visibility timeout
     assert [b for b in release_messages(settings) if "fanout" in b] == [FanOutJob(CAMPAIGN, 1).to_body()]
+
+
+class CancelledOnPage(Rows):
+    """An audience whose campaign is cancelled while its page ``on`` is being read."""
+
+    on = 1
+
+    def page(self, cursor: Any, size: int) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+        if self.pages_read == self.on:
+            Campaign(CAMPAIGN).update(actions=[Campaign.status.set(CANCELLED)])
+        return super().page(cursor, size)
+
+
+def test_a_cancel_stops_the_fan_out_after_the_page_being_written(settings: Settings) -> None:
+    source = CancelledOnPage(500)
+    building_campaign(settings, 500)
+
+    written = FanOut(settings, lambda c: source, page_size=100).run(FanOutJob(CAMPAIGN, 0))
+
+    campaign = Campaign.get(CAMPAIGN, consistent_read=True)
+    assert written == 200 and source.pages_read == 2
+    assert (campaign.building, int(campaign.total)) == (None, 200)
+    assert stats.read_totals(CAMPAIGN, settings)["total"] == 200
+    assert [b for b in release_messages(settings) if "fanout" in b] == []  # no next job
