@@ -64,8 +64,9 @@ from chalicelib.timeutil import now_iso
 
 logger = logging.getLogger(__name__)
 
-# Recipients one page writes: one BatchGetItem per 100 and one BatchWriteItem per 25.
-PAGE_SIZE = 500
+# Recipients one page writes: one Query (contacts of ~200 bytes: well under its 1 MB), a
+# BatchGetItem per 100 (suppressions) and a BatchWriteItem per 25.
+PAGE_SIZE = 1000
 # How long an invocation's hold on a campaign's fan-out lasts: longer than the release
 # function's timeout (30 s), shorter than the release queue's visibility timeout (180 s),
 # so a job redelivered after a crash finds the lease of the crashed invocation lapsed.
