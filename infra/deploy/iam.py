@@ -222,7 +222,8 @@ FUNCTION_GRANTS: dict[str, tuple[Grant, ...]] = {
         LOGS,
         _sqs_trigger("ReleaseDeadLetterQueue"),
         _on("table:RecipientsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),  # pending ones marked failed
-        _on("table:CampaignsTable", "dynamodb:GetItem"),  # the tenant
+        # The tenant; a dead-lettered fan-out job pauses its campaign with the reason (UpdateItem).
+        _on("table:CampaignsTable", "dynamodb:GetItem", "dynamodb:UpdateItem"),
         _on("table:DeadLettersTable", "dynamodb:PutItem"),  # park each recipient's job (conditional puts)
     ),
     "import_contacts": (

@@ -74,6 +74,10 @@ pytestmark = pytest.mark.integration
 # Paths the session cannot count on reaching, and why. Anything granted that is
 # neither observed, nor used by the Lambda service itself, nor listed here fails the test.
 NOT_ALWAYS_REACHED: dict[tuple[str, str, str], str] = {
+    ("release_jobs", "dynamodb:BatchGetItem", "table:RecipientsTable"): (
+        "only a fan-out page retried after a crash looks up which of its recipients exist; "
+        "tests/unit/test_fanout.py crashes one"
+    ),
     ("api_handler", "dynamodb:GetItem", "table:IdempotencyTable"): (
         "Powertools reads a key's record only when its conditional PutItem failed without the old "
         "item (ReturnValuesOnConditionCheckFailure); DynamoDB and the emulator return it"
@@ -289,7 +293,13 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
         },
         # 10 sends/s and a 1 s budget: a chunk of 25 cannot be released at once, so its rest is re-queued.
         # A 0.3 s import budget: a 1,500-row CSV needs continuations.
-        settings_env={"SEND_RATE_PER_S": "10", "RELEASE_MAX_SECONDS": "1", "IMPORT_BUDGET_S": "0.3"},
+        # More than 30 inline recipients take the background fan-out (the session's others have 25).
+        settings_env={
+            "SEND_RATE_PER_S": "10",
+            "RELEASE_MAX_SECONDS": "1",
+            "IMPORT_BUDGET_S": "0.3",
+            "INLINE_RECIPIENTS_MAX": "30",
+        },
         schedule_interval_s=1.0,
     )
     try:
@@ -566,6 +576,30 @@ def exercise_lists_and_imports(runtime: LocalRuntime, api: Api) -> None:
         lambda: api.call("GET", f"/lists/{list_id}/imports/{stuck['import_id']}")[1]["status"] == "failed",
         timeout_s=60,
     )
+    exercise_fan_out(runtime, api, list_id)
+
+
+def exercise_fan_out(runtime: LocalRuntime, api: Api, list_id: str) -> None:
+    """A list campaign and a large inline one, each written by the fan-out, then cancelled; a dead fan-out job."""
+    assert runtime.template and runtime.emulator
+    in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    body = {"name": "to a list", "from": "News <news@example.com>", "subject": "Hi {{ name }}", "text": "x"}
+    status, to_list = api.call("POST", "/campaigns", {**body, "list_id": list_id})
+    assert status == 202, to_list
+    # Staged in S3 and read back by ranged GETs; scheduled, so nothing of it is sent.
+    staged = api.create_campaign(40, prefix="staged", send_at=in_an_hour)
+    assert staged["creation"]["state"] == "building", staged
+    for created in (to_list, staged):
+        campaign_id = created["campaign_id"]
+        wait_until(lambda c=campaign_id: api.call("GET", f"/campaigns/{c}")[1]["creation"]["written"] > 0, timeout_s=60)
+        assert api.call("POST", f"/campaigns/{campaign_id}/cancel")[0] == 200
+    # A fan-out job that ran out of receives, as SQS moves it to the release DLQ: its campaign pauses.
+    stopped = api.create_campaign(35, prefix="stopped")["campaign_id"]
+    runtime.emulator.client("sqs").send_message(
+        QueueUrl=runtime.template.physical["ReleaseDeadLetterQueue"]["Ref"],
+        MessageBody=json.dumps({"fanout": stopped, "p": 0}),
+    )
+    wait_until(lambda: api.call("GET", f"/campaigns/{stopped}")[1]["status"] in ("paused", "completed"), timeout_s=60)
 
 
 def exercise_schedule_and_cancel(runtime: LocalRuntime, api: Api) -> None:
