@@ -13,6 +13,7 @@ import email.parser
 import email.policy
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,29 @@ def test_a_cancel_while_the_fan_out_writes_ends_every_written_recipient_and_the_
     assert campaign["total"] == campaign["creation"]["written"] <= 3000
     assert counts["cancelled"] + counts["sent"] == campaign["total"]
     assert len(mail_of(runtime, created["campaign_id"])) == counts["sent"]
+
+
+def test_a_scheduled_list_campaign_is_written_first_and_sent_only_once_started(runtime: LocalRuntime, api: Api) -> None:
+    list_id = import_csv(api, 40, prefix="sched")
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, created = api.call("POST", "/campaigns", campaign_body(list_id=list_id, send_at=later))
+    assert status == 202 and created["status"] == "scheduled", created
+    campaign_id = created["campaign_id"]
+
+    deadline = time.monotonic() + 60
+    while (written := api.call("GET", f"/campaigns/{campaign_id}")[1])["creation"]["state"] != "done":
+        assert time.monotonic() < deadline, written
+        time.sleep(0.2)
+    assert written["status"] == "scheduled" and written["counts"]["pending"] == 40, written
+    runtime.run_scheduled("start_scheduled_campaigns")  # not due yet: nothing starts
+    assert api.call("GET", f"/campaigns/{campaign_id}")[1]["status"] == "scheduled"
+    assert mail_of(runtime, campaign_id) == []
+
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    assert api.call("POST", f"/campaigns/{campaign_id}/schedule", {"send_at": soon.isoformat()})[0] == 200
+    while datetime.now(UTC) <= soon:
+        time.sleep(0.1)
+    runtime.run_scheduled("start_scheduled_campaigns")
+    done = api.wait_until_done(campaign_id, timeout_s=120)
+
+    assert done["counts"]["sent"] == 40 and len(mail_of(runtime, campaign_id)) == 40
