@@ -53,7 +53,7 @@ SMTP_USER = "mailpipe"
 READY_S = 60  # MiniStack answering its health endpoint
 MAKE_S = 900  # one make deploy or destroy
 CAMPAIGN_S = 180  # a few mails through cold functions
-FUNCTIONS = 14
+FUNCTIONS = 16  # with the starter, import_contacts and record_import_dead_letters
 AWS_ENVIRONMENT = {
     "AWS_ACCESS_KEY_ID": "test",  # MiniStack's root key
     "AWS_SECRET_ACCESS_KEY": "test",
@@ -241,7 +241,7 @@ def test_the_deploy_built_the_api_the_functions_and_the_mappings(deployment: Dep
     assert "application/octet-stream" in api["binaryMediaTypes"]
     assert len(functions) == FUNCTIONS
     assert ws_routes == {"$connect", "$disconnect", "$default"}
-    assert len(mappings) == 7
+    assert len(mappings) == 9  # SQS and stream mappings, the two import queues included
     for function, mapping in mappings.items():
         assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"], function
     assert mappings[f"{PREFIX}-send_mail"]["ScalingConfig"] == {"MaximumConcurrency": 20}
