@@ -304,8 +304,9 @@ def _assert_own_stage(function: str, resource: str, ws_api_id: str) -> None:
     elif service == "execute-api":
         assert name.startswith(f"{ws_api_id}/{STAGE}/POST/@connections/"), (function, resource)
     elif service == "s3":
-        bucket, _, key = name.partition("/")  # only the uploads of this stage's imports bucket
-        assert bucket.startswith(f"{PREFIX}-imports-") and key == "imports/*", (function, resource)
+        # Only the uploads and the staged recipient lists of this stage's imports bucket.
+        bucket, _, key = name.partition("/")
+        assert bucket.startswith(f"{PREFIX}-imports-") and key in ("imports/*", "staged/*"), (function, resource)
     else:
         raise AssertionError(f"{function} is granted an unexpected service: {resource}")
 
