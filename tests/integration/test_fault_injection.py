@@ -1,6 +1,6 @@
 """Delivery under injected faults: no mail lost, none sent twice, every outcome accounted for.
 
-2,000 recipients; the Mailu stand-in answers 20% of recipients 451, drops 2% of
+1,000 recipients; the Mailu stand-in answers 20% of recipients 451, drops 2% of
 connections before replying, and refuses a whole domain with 550; every job is
 queued a second time (SQS's at-least-once delivery, exaggerated); and one sender
 worker is killed mid-batch, right after the relay accepted one of its mails.
@@ -27,7 +27,7 @@ from tests.support.maildir import accepted_messages
 
 pytestmark = pytest.mark.integration
 
-N = 2000
+N = 1000
 BOUNCING_DOMAIN = "bounce.example"
 
 
