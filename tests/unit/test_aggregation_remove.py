@@ -11,17 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from chalicelib import stats
 from chalicelib.aggregation import Aggregator
-from chalicelib.clients import ensure_models
 from chalicelib.models import COMPLETED, Campaign
 from chalicelib.settings import Settings
-from infra.local.resources import create_resources
-from infra.local.template import Template
+from tests.support.moto_stack import moto_stack
 
 pytestmark = pytest.mark.unit
 
@@ -33,15 +29,7 @@ EMAILS = ("alice@example.com", "bob@example.org")
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Settings for the template's tables, created on in-process moto."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        session = boto3.session.Session(region_name="us-east-1")
-        create_resources(Template.load(STACK), {n: session.client(n) for n in ("dynamodb", "sqs", "sns")})
-        # A Settings of its own: the client cache is keyed by it, so no client built outside moto is reused.
-        current = Settings(table_prefix=STACK, stage="unit-remove")
-        ensure_models(current)
+    with moto_stack(monkeypatch, STACK, stage="unit-remove") as current:
         yield current
 
 

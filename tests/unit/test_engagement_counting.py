@@ -12,13 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from chalicelib import engagement_stats, stats
 from chalicelib.aggregation import Aggregator
-from chalicelib.clients import aws_client, ensure_models
+from chalicelib.clients import aws_client
 from chalicelib.engagement import (
     AUTO_REPLIED,
     CLICKED,
@@ -31,8 +29,7 @@ from chalicelib.engagement import (
 from chalicelib.engagement_stats import EngagementCounter, EventRecord, flag_link_bursts, records_from
 from chalicelib.models import PAUSED, Campaign, Connection
 from chalicelib.settings import Settings
-from infra.local.resources import create_resources
-from infra.local.template import Template
+from tests.support.moto_stack import moto_stack
 
 pytestmark = pytest.mark.unit
 
@@ -46,14 +43,7 @@ BASE_SEQ = 500_000_000_000_000_000_000
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Settings for the template's tables on in-process moto, with a campaign of three recipients all sent."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        session = boto3.session.Session(region_name="us-east-1")
-        create_resources(Template.load(STACK), {n: session.client(n) for n in ("dynamodb", "sqs", "sns")})
-        current = Settings(table_prefix=STACK, stage="unit-engagement")
-        ensure_models(current)
+    with moto_stack(monkeypatch, STACK, stage="unit-engagement") as current:
         Campaign(
             CAMPAIGN,
             tenant="acme",

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import boto3
 import pytest
-from moto import mock_aws
 
-from chalicelib.clients import ensure_models
 from chalicelib.engagement import CLICKED, OPENED, REPLIED, EngagementEvent, record
 from chalicelib.errors import InvalidCampaign
 from chalicelib.event_log import list_events, parse_email, parse_type
 from chalicelib.pagination import decode_token, encode_token
 from chalicelib.settings import Settings
-from infra.local.resources import create_resources
-from infra.local.template import Template
+from tests.support.moto_stack import moto_stack
 
 pytestmark = pytest.mark.unit
 
@@ -28,14 +24,7 @@ T0 = 1_764_300_000.0
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """The template's tables on in-process moto, with 12 events of 3 recipients (and one of another campaign)."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        session = boto3.session.Session(region_name="us-east-1")
-        create_resources(Template.load(STACK), {n: session.client(n) for n in ("dynamodb", "sqs", "sns")})
-        current = Settings(table_prefix=STACK, stage="unit-event-listing")
-        ensure_models(current)
+    with moto_stack(monkeypatch, STACK, stage="unit-event-listing") as current:
         for i, email in enumerate(("ann@example.org", "bob@example.org", "cy@example.org")):
             record(EngagementEvent(CAMPAIGN, email, OPENED), current, now=T0 + i)
             record(EngagementEvent(CAMPAIGN, email, OPENED, machine=True, machine_reason="image_proxy"), current, T0)

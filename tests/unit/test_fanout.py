@@ -16,17 +16,14 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from chalicelib import stats
-from chalicelib.clients import ensure_models
 from chalicelib.fanout import LEASE_S, FanOut, FanOutJob, recipient_key, release_job
 from chalicelib.models import CANCELLED, COMPLETED, PENDING, QUEUED, SENT, SUPPRESSED, Campaign, Recipient
 from chalicelib.release import ChunkJob
 from chalicelib.settings import Settings
 from chalicelib.suppressions import suppress
-from infra.local.resources import create_resources
-from infra.local.template import Template
+from tests.support.moto_stack import moto_stack
 
 pytestmark = pytest.mark.unit
 
@@ -71,21 +68,15 @@ class CrashAfterWriting(FanOut):
 
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        session = boto3.session.Session(region_name="us-east-1")
-        create_resources(Template.load(STACK), {n: session.client(n) for n in ("dynamodb", "sqs", "sns")})
-        current = Settings(
-            table_prefix=STACK,
-            stage="unit-fanout",
-            release_queue_url=RELEASE_QUEUE,
-            send_rate_per_s=0,
-            fanout_rate_per_s=0,
-            recipients_per_shard=100,
-        )
-        ensure_models(current)
+    with moto_stack(
+        monkeypatch,
+        STACK,
+        stage="unit-fanout",
+        release_queue_url=RELEASE_QUEUE,
+        send_rate_per_s=0,
+        fanout_rate_per_s=0,
+        recipients_per_shard=100,
+    ) as current:
         yield current
 
 

@@ -16,10 +16,8 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from chalicelib.campaigns import list_recipients
-from chalicelib.clients import ensure_models
 from chalicelib.errors import InvalidCampaign
 from chalicelib.models import Campaign, Recipient
 from chalicelib.pagination import decode_token, encode_token
@@ -28,8 +26,7 @@ from chalicelib.sending import Sender
 from chalicelib.settings import Settings
 from chalicelib.shards import partitions, recipient_partition, shard_of
 from chalicelib.smtp import Envelope
-from infra.local.resources import create_resources
-from infra.local.template import Template
+from tests.support.moto_stack import moto_stack
 
 pytestmark = pytest.mark.unit
 
@@ -42,14 +39,7 @@ EMAILS = [f"reader{i}@example.org" for i in range(23)]
 
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        session = boto3.session.Session(region_name="us-east-1")
-        create_resources(Template.load(STACK), {n: session.client(n) for n in ("dynamodb", "sqs", "sns")})
-        current_settings = Settings(table_prefix=STACK, stage="unit-shard-addressing")
-        ensure_models(current_settings)
+    with moto_stack(monkeypatch, STACK, stage="unit-shard-addressing") as current_settings:
         yield current_settings
 
 

@@ -16,18 +16,15 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from chalicelib import stats
 from chalicelib.aggregation import Aggregator
-from chalicelib.clients import aws_client, ensure_models
+from chalicelib.clients import aws_client
 from chalicelib.models import COMPLETED_WITH_FAILURES, RECIPIENT_STATES, Campaign
 from chalicelib.settings import Settings
 from chalicelib.shards import MAX_SHARDS, partition, shard_of
-from infra.local.resources import create_resources
-from infra.local.template import Template
+from tests.support.moto_stack import moto_stack
 
 pytestmark = pytest.mark.unit
 
@@ -44,14 +41,7 @@ MAX_EXPRESSION_BYTES = 4096
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Settings for the template's tables, created on in-process moto."""
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with mock_aws():
-        session = boto3.session.Session(region_name="us-east-1")
-        create_resources(Template.load(STACK), {n: session.client(n) for n in ("dynamodb", "sqs", "sns")})
-        current = Settings(table_prefix=STACK, stage="unit-shard-guard")
-        ensure_models(current)
+    with moto_stack(monkeypatch, STACK, stage="unit-shard-guard") as current:
         yield current
 
 
